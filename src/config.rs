@@ -1,0 +1,727 @@
+//! The run's configuration: one TOML file fully determines a run.
+//!
+//! Loading is done in one pass that collects every problem: syntax (with the line toml gives),
+//! unknown sections and keys, wrong types and bad values, each naming the key and the line.
+//! `--set section.key=value` overrides are typed and checked exactly like the file.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub tokenizer: TokenizerConfig,
+    pub model: ModelConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Names the run directory `checkpoints/<name>/`.
+    pub name: String,
+    /// Root of every random stream (init, batches, samples).
+    pub seed: u64,
+    /// Threads for matrix multiplies; 0 means all cores. Never changes the weights.
+    pub threads: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// "builtin" (generated stories), "file" (data.path) or "url" (data.url cached at data.path).
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Where prepared data (corpus cache, tokenizer, token files) lives.
+    pub dir: String,
+    /// The last `val_fraction` of the corpus (cut at a line start) is the validation split.
+    pub val_fraction: f64,
+    /// Seed of the built-in story generator (independent of run.seed).
+    pub builtin_seed: u64,
+    /// Size of the built-in corpus in bytes (whole stories, at least this many bytes).
+    pub builtin_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerConfig {
+    /// Byte-level BPE vocabulary size, including 256 byte tokens and `<|endoftext|>`.
+    pub vocab_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub d_model: u64,
+    /// Hidden width of the SwiGLU MLP.
+    pub d_ff: u64,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    /// Length of the cosine schedule; 0 means train.steps. Set it to stop or extend a run
+    /// at a different train.steps without changing the schedule (and so the weights).
+    pub schedule_steps: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (not norm gains).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: u64,
+    /// Context length in tokens.
+    pub context: u64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: u64,
+    /// Plain progress line cadence when stderr is not a terminal.
+    pub log_every: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every N steps (and always at the end); 0 means only at the end.
+    pub every: u64,
+    /// Number of fixed validation batches (each train.batch_size x train.context).
+    pub batches: u64,
+    pub prompt: String,
+    pub sample_tokens: u64,
+    pub temperature: f64,
+    pub top_k: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Write a checkpoint every N steps (and always at the end); 0 means only at the end.
+    pub every: u64,
+    /// Keep the newest N checkpoints; 0 keeps all.
+    pub keep_last: u64,
+    /// Also keep every checkpoint whose step is a multiple of this; 0 disables.
+    pub keep_every: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "tiny".into(),
+            seed: 1337,
+            threads: 0,
+        }
+    }
+}
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: "builtin".into(),
+            path: None,
+            sha256: None,
+            url: None,
+            dir: "data".into(),
+            val_fraction: 0.1,
+            builtin_seed: 0,
+            builtin_bytes: 3_000_000,
+        }
+    }
+}
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        Self { vocab_size: 512 }
+    }
+}
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            n_layer: 4,
+            n_head: 4,
+            d_model: 128,
+            d_ff: 352,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        }
+    }
+}
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            schedule_steps: 0,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 16,
+            context: 128,
+            grad_accum: 1,
+            log_every: 10,
+        }
+    }
+}
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 200,
+            batches: 16,
+            prompt: "Once upon a time".into(),
+            sample_tokens: 80,
+            temperature: 0.8,
+            top_k: 40,
+        }
+    }
+}
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            every: 500,
+            keep_last: 0,
+            keep_every: 0,
+        }
+    }
+}
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            run: RunConfig::default(),
+            data: DataConfig::default(),
+            tokenizer: TokenizerConfig::default(),
+            model: ModelConfig::default(),
+            optim: OptimConfig::default(),
+            train: TrainConfig::default(),
+            eval: EvalConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+        }
+    }
+}
+
+/// Keys that may be absent (no default value); all strings.
+const OPTIONAL_KEYS: &[&str] = &["data.path", "data.sha256", "data.url"];
+
+/// Every known `section.key` with the TOML type it takes, derived from the defaults so the
+/// schema can never drift from the structs.
+fn schema() -> BTreeMap<String, &'static str> {
+    let mut out = BTreeMap::new();
+    let table = toml::Table::try_from(Config::default()).unwrap_or_default();
+    for (section, v) in &table {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                out.insert(format!("{section}.{k}"), v.type_str());
+            }
+        }
+    }
+    for k in OPTIONAL_KEYS {
+        out.insert((*k).to_string(), "string");
+    }
+    out
+}
+
+/// Where `[section] key = ...` sits in the source, 1-based, for error messages.
+fn line_of(src: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in src.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if key.is_empty() && current == section {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if !key.is_empty() && current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// One `--set section.key=value`. The value is read as a TOML value (so `3`, `1e-3`, `true`,
+/// `"x"` have their TOML types); anything that is not valid TOML is taken as a bare string.
+pub fn parse_override(s: &str) -> std::result::Result<(String, String, toml::Value), String> {
+    let (key, raw) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--set {s:?}: expected section.key=value"))?;
+    let key = key.trim();
+    let (section, name) = key
+        .split_once('.')
+        .ok_or_else(|| format!("--set {s:?}: key must be section.key, e.g. train.steps"))?;
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    Ok((section.to_string(), name.to_string(), value))
+}
+
+impl Config {
+    /// Read, override, check and validate a config file. All problems come back together.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::hint(
+                    format!("config file {} not found", path.display()),
+                    "pass an existing file to --config, e.g. configs/tiny.toml",
+                )
+            } else {
+                Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+        Self::from_source(&src, path, overrides)
+    }
+
+    pub fn from_source(src: &str, path: &Path, overrides: &[String]) -> Result<Config> {
+        let bad = |problems: Vec<String>| Error::Config {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(src)
+            .map_err(|e| bad(vec![format!("TOML syntax: {}", e.to_string().trim_end())]))?;
+        let schema = schema();
+        let mut problems = Vec::new();
+        let at = |section: &str, key: &str| match line_of(src, section, key) {
+            Some(l) => format!(" (line {l})"),
+            None => String::new(),
+        };
+
+        // Overrides first, so they are checked by the same code as the file.
+        let mut from_cli = BTreeMap::new();
+        for o in overrides {
+            match parse_override(o) {
+                Ok((section, key, value)) => {
+                    let entry = table
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    match entry {
+                        toml::Value::Table(t) => {
+                            t.insert(key.clone(), value);
+                            from_cli.insert(format!("{section}.{key}"), ());
+                        }
+                        _ => problems.push(format!("--set {o}: [{section}] is not a table")),
+                    }
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+
+        let sections: std::collections::BTreeSet<&str> = schema
+            .keys()
+            .filter_map(|k| k.split_once('.').map(|(s, _)| s))
+            .collect();
+        for (section, v) in table.iter_mut() {
+            if !sections.contains(section.as_str()) {
+                problems.push(format!(
+                    "unknown section [{section}]{}; known sections: {}",
+                    at(section, ""),
+                    sections.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            }
+            let toml::Value::Table(t) = v else {
+                problems.push(format!("`{section}` must be a table [{section}]"));
+                continue;
+            };
+            for (key, value) in t.iter_mut() {
+                let full = format!("{section}.{key}");
+                let origin = if from_cli.contains_key(&full) {
+                    " (from --set)".to_string()
+                } else {
+                    at(section, key)
+                };
+                match schema.get(&full) {
+                    None => {
+                        let known: Vec<&str> = schema
+                            .keys()
+                            .filter(|k| k.starts_with(&format!("{section}.")))
+                            .map(|k| &k[section.len() + 1..])
+                            .collect();
+                        problems.push(format!(
+                            "unknown key `{full}`{origin}; known keys in [{section}]: {}",
+                            known.join(", ")
+                        ));
+                    }
+                    Some(&want) => {
+                        // An integer is fine where a float is expected (lr = 1).
+                        if want == "float" {
+                            if let toml::Value::Integer(i) = value {
+                                *value = toml::Value::Float(*i as f64);
+                            }
+                        }
+                        let got = value.type_str();
+                        if got != want {
+                            problems.push(format!(
+                                "`{full}`{origin}: expected {want}, found {got} `{value}`"
+                            ));
+                        } else if want == "integer" && value.as_integer().is_some_and(|i| i < 0) {
+                            problems.push(format!(
+                                "`{full}`{origin}: must not be negative, found {value}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(bad(problems));
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(vec![e.to_string().trim_end().to_string()]))?;
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(bad(problems
+                .into_iter()
+                .map(|(key, msg)| {
+                    let (s, k) = key.split_once('.').unwrap_or((key, ""));
+                    let origin = if from_cli.contains_key(key) {
+                        " (from --set)".to_string()
+                    } else {
+                        at(s, k)
+                    };
+                    format!("`{key}`{origin}: {msg}")
+                })
+                .collect()));
+        }
+        Ok(cfg)
+    }
+
+    /// Value checks, all at once: (key, problem).
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p: Vec<(&'static str, String)> = Vec::new();
+        let mut positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                p.push((key, "must be at least 1".into()));
+            }
+        };
+        positive("model.n_layer", self.model.n_layer);
+        positive("model.n_head", self.model.n_head);
+        positive("model.d_model", self.model.d_model);
+        positive("model.d_ff", self.model.d_ff);
+        positive("train.steps", self.train.steps);
+        positive("train.batch_size", self.train.batch_size);
+        positive("train.context", self.train.context);
+        positive("train.grad_accum", self.train.grad_accum);
+        positive("train.log_every", self.train.log_every);
+        positive("eval.batches", self.eval.batches);
+        let m = &self.model;
+        if m.n_head > 0 && m.d_model % m.n_head != 0 {
+            p.push((
+                "model.d_model",
+                format!(
+                    "{} is not divisible by model.n_head = {}",
+                    m.d_model, m.n_head
+                ),
+            ));
+        } else if m.n_head > 0 && (m.d_model / m.n_head) % 2 != 0 {
+            p.push((
+                "model.d_model",
+                "head size d_model / n_head must be even for rotary embeddings".into(),
+            ));
+        }
+        if !(self.model.rope_theta > 0.0) {
+            p.push(("model.rope_theta", "must be > 0".into()));
+        }
+        if !(self.model.norm_eps > 0.0) {
+            p.push(("model.norm_eps", "must be > 0".into()));
+        }
+        let v = self.tokenizer.vocab_size;
+        if !(258..=65535).contains(&v) {
+            p.push((
+                "tokenizer.vocab_size",
+                format!("{v} is out of range 258..=65535 (256 bytes + <|endoftext|> + merges)"),
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            p.push((
+                "optim.lr",
+                format!("must be a positive number, found {}", o.lr),
+            ));
+        }
+        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            p.push((
+                "optim.min_lr",
+                format!("must be in [0, optim.lr], found {}", o.min_lr),
+            ));
+        }
+        for (key, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                p.push((key, format!("must be in [0, 1), found {b}")));
+            }
+        }
+        if !(o.eps > 0.0) {
+            p.push(("optim.eps", "must be > 0".into()));
+        }
+        if !(o.weight_decay >= 0.0) {
+            p.push(("optim.weight_decay", "must be >= 0".into()));
+        }
+        if !(o.grad_clip >= 0.0) {
+            p.push((
+                "optim.grad_clip",
+                "must be >= 0 (0 disables clipping)".into(),
+            ));
+        }
+        let d = &self.data;
+        if !(d.val_fraction > 0.0 && d.val_fraction < 0.5) {
+            p.push((
+                "data.val_fraction",
+                format!("must be in (0, 0.5), found {}", d.val_fraction),
+            ));
+        }
+        match d.source.as_str() {
+            "builtin" => {
+                if d.builtin_bytes < 10_000 {
+                    p.push(("data.builtin_bytes", "must be at least 10000".into()));
+                }
+            }
+            "file" => {
+                if d.path.is_none() {
+                    p.push((
+                        "data.path",
+                        "is required when data.source = \"file\"".into(),
+                    ));
+                }
+                if d.sha256.is_none() {
+                    p.push(("data.sha256", "is required when data.source = \"file\" (pin the corpus: run `sha256sum FILE`)".into()));
+                }
+            }
+            "url" => {
+                if d.url.is_none() {
+                    p.push(("data.url", "is required when data.source = \"url\"".into()));
+                }
+                if d.sha256.is_none() {
+                    p.push((
+                        "data.sha256",
+                        "is required when data.source = \"url\"".into(),
+                    ));
+                }
+            }
+            other => p.push((
+                "data.source",
+                format!("must be \"builtin\", \"file\" or \"url\", found {other:?}"),
+            )),
+        }
+        if let Some(h) = &d.sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                p.push(("data.sha256", "must be 64 hex digits".into()));
+            }
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
+            p.push((
+                "run.name",
+                "must be a non-empty name without slashes".into(),
+            ));
+        }
+        if self.eval.temperature < 0.0 {
+            p.push(("eval.temperature", "must be >= 0 (0 is greedy)".into()));
+        }
+        p
+    }
+
+    /// The resolved config as TOML: every key explicit, so the file alone reproduces the run.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Steps of the cosine schedule.
+    pub fn schedule_steps(&self) -> u64 {
+        if self.optim.schedule_steps == 0 {
+            self.train.steps
+        } else {
+            self.optim.schedule_steps
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        if self.run.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.run.threads as usize
+        }
+    }
+
+    /// Flattened `section.key -> value` view, for diffs between configs.
+    pub fn flat(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Ok(t) = toml::Table::try_from(self) {
+            for (s, v) in t {
+                if let toml::Value::Table(t) = v {
+                    for (k, v) in t {
+                        out.insert(format!("{s}.{k}"), v.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn default_run_dir(&self) -> PathBuf {
+        Path::new("checkpoints").join(&self.run.name)
+    }
+}
+
+/// Keys that cannot change the weights and may differ between a run and its resume.
+pub fn is_result_neutral(key: &str) -> bool {
+    matches!(
+        key,
+        "run.name" | "run.threads" | "data.dir" | "data.path" | "data.url" | "train.log_every"
+    ) || key.starts_with("eval.")
+        || key.starts_with("checkpoint.")
+        // train.steps only says where to stop; the schedule length is compared separately.
+        || key == "train.steps"
+        || key == "optim.schedule_steps"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str, sets: &[&str]) -> Result<Config> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::from_source(src, Path::new("test.toml"), &sets)
+    }
+
+    fn problems(src: &str, sets: &[&str]) -> Vec<String> {
+        match load(src, sets) {
+            Err(Error::Config { problems, .. }) => problems,
+            other => panic!("expected config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_shipped_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 2,
+            "expected configs/tiny.toml and configs/shakespeare.toml"
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_resolved_round_trips() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        let again = load(&c.to_toml(), &[]).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn all_problems_are_reported_together_with_lines() {
+        let src = "[run]\nseed = 1\nbogus = 2\n\n[train]\nsteps = \"many\"\n\n[nope]\nx = 1\n";
+        let p = problems(src, &[]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("`run.bogus` (line 3)")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("`train.steps` (line 6): expected integer, found string")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("unknown section [nope] (line 8)")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn value_problems_are_reported_together() {
+        let p = problems("[model]\nn_head = 3\n[optim]\nlr = -1.0\n", &[]);
+        assert!(
+            p.iter().any(|m| m.starts_with("`model.d_model` (line")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with("`optim.lr` (line 4)")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_are_typed_and_checked() {
+        let c = load(
+            "",
+            &[
+                "train.steps=7",
+                "optim.lr=0.01",
+                "run.name=abc",
+                "data.path=x/y.txt",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.steps, 7);
+        assert_eq!(c.optim.lr, 0.01);
+        assert_eq!(c.run.name, "abc");
+        assert_eq!(c.data.path.as_deref(), Some("x/y.txt"));
+        let p = problems("", &["train.steps=lots", "train.nope=1", "noequals"]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("`train.steps` (from --set): expected integer")),
+            "{p:?}"
+        );
+        // An integer where a float is expected is accepted.
+        assert_eq!(load("", &["optim.lr=1"]).unwrap().optim.lr, 1.0);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let p = problems("[run]\nseed = = 3\n", &[]);
+        assert!(p[0].contains("line 2"), "{p:?}");
+    }
+}

@@ -1,0 +1,380 @@
+//! Data: source -> corpus (hashed) -> deterministic split -> tokenizer -> token files.
+//!
+//! Layout under `data.dir`:
+//! ```text
+//! <dataset>/corpus.txt                     built-in corpus (file/url sources stay where they are)
+//! <dataset>/tok-v<vocab>-<key>/tokenizer.json, train.bin, val.bin, meta.json
+//! ```
+//! `<key>` hashes every input of the tokenizer and token files (corpus hash, split, vocab), so a
+//! changed input lands in a new directory and unchanged inputs reuse the files, after their
+//! hashes are checked against meta.json.
+//!
+//! The split: the last `val_fraction` of the corpus bytes is validation, with the cut moved
+//! forward to the next line start. Token ids are u16 little-endian.
+
+use crate::config::Config;
+use crate::corpus;
+use crate::error::{Error, IoContext, Result};
+use crate::rng;
+use crate::tokenizer::{self, Tok};
+use crate::util::{sha256_file, sha256_hex, temp_sibling, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const PREP_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitMeta {
+    pub tokens: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The meta file beside the token files; also what the manifest records of the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    pub corpus_sha256: String,
+    pub corpus_bytes: u64,
+    pub val_fraction: f64,
+    pub vocab_size: u64,
+    pub tokenizer_sha256: String,
+    pub dtype: String,
+    pub train: SplitMeta,
+    pub val: SplitMeta,
+}
+
+/// Prepared data, ready to train on.
+pub struct Prepared {
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+impl Prepared {
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+    pub fn split_path(&self, split: &str) -> PathBuf {
+        self.dir.join(format!("{split}.bin"))
+    }
+    pub fn load_tokens(&self, split: &str) -> Result<Vec<u16>> {
+        let p = self.split_path(split);
+        let bytes = fs::read(&p).at(&p)?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
+}
+
+/// Get the corpus text from the configured source and check its pin.
+/// Returns (text, dataset name for the data directory).
+fn corpus_text(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<(String, String)> {
+    let d = &cfg.data;
+    match d.source.as_str() {
+        "builtin" => {
+            let name = format!("builtin-s{}-b{}", d.builtin_seed, d.builtin_bytes);
+            log(&format!(
+                "generating built-in story corpus ({} bytes, seed {})",
+                d.builtin_bytes, d.builtin_seed
+            ));
+            let text = corpus::generate(d.builtin_seed, d.builtin_bytes);
+            let p = data_dir.join(&name).join("corpus.txt");
+            let same = fs::read(&p).map(|b| b == text.as_bytes()).unwrap_or(false);
+            if !same {
+                write_atomic(&p, text.as_bytes())?;
+            }
+            Ok((text, name))
+        }
+        "file" | "url" => {
+            let want = d.sha256.clone().unwrap_or_default().to_lowercase();
+            let path = match (&d.path, &d.url) {
+                (Some(p), _) => PathBuf::from(p),
+                (None, Some(u)) => Path::new(&d.dir).join(url_file_name(u)),
+                (None, None) => return Err(Error::msg("data.path or data.url is required")),
+            };
+            if d.source == "url" && !path.exists() {
+                let url = d.url.as_deref().unwrap_or_default();
+                download(url, &path, &want, log)?;
+            }
+            if !path.exists() {
+                return Err(Error::hint(
+                    format!("data file {} does not exist (data.path)", path.display()),
+                    "fix data.path in the config or pass --set data.path=FILE",
+                ));
+            }
+            let bytes = fs::read(&path).at(&path)?;
+            let got = sha256_hex(&bytes);
+            if got != want {
+                return Err(Error::hint(
+                    format!(
+                        "sha256 mismatch for {}: expected {want} (data.sha256), found {got}",
+                        path.display()
+                    ),
+                    "the file is not the pinned corpus: restore the right file, or if you mean to change the data, set data.sha256 to the new hash",
+                ));
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|e| Error::msg(format!("{} is not UTF-8 text: {e}", path.display())))?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((text, format!("{stem}-{}", &got[..12])))
+        }
+        other => Err(Error::msg(format!("unknown data.source {other:?}"))),
+    }
+}
+
+fn url_file_name(url: &str) -> String {
+    let last = url.rsplit('/').next().unwrap_or("");
+    if last.is_empty() {
+        "download.txt".into()
+    } else {
+        last.to_string()
+    }
+}
+
+/// Download `url` to `dest`, verifying the pinned hash before the file appears at `dest`.
+/// A failed or mismatching download leaves nothing behind.
+pub fn download(url: &str, dest: &Path, want_sha: &str, log: &dyn Fn(&str)) -> Result<()> {
+    log(&format!("downloading {url} -> {}", dest.display()));
+    let fail = |e: String| {
+        Error::hint(
+            format!("download of {url} failed: {e}"),
+            "check the network or data.url, or place the file at data.path yourself",
+        )
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(600)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = dest.parent() {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+    let tmp = temp_sibling(dest);
+    let result = (|| -> Result<String> {
+        let mut f = fs::File::create(&tmp).at(&tmp)?;
+        let mut reader = resp.body_mut().as_reader();
+        std::io::copy(&mut reader, &mut f).map_err(|e| fail(e.to_string()))?;
+        f.flush().at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        sha256_file(&tmp)
+    })();
+    match result {
+        Ok(got) if got == want_sha => {
+            fs::rename(&tmp, dest).at(dest)?;
+            Ok(())
+        }
+        Ok(got) => {
+            let _ = fs::remove_file(&tmp);
+            Err(Error::hint(
+                format!("sha256 mismatch for download {url}: expected {want_sha} (data.sha256), found {got}"),
+                "the server sent different bytes than the pinned corpus; nothing was saved",
+            ))
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Where train ends: the last `val_fraction` of bytes is validation, cut at a line start.
+pub fn split_point(text: &str, val_fraction: f64) -> usize {
+    let raw = ((text.len() as f64) * (1.0 - val_fraction)).floor() as usize;
+    match text[..].as_bytes()[raw.min(text.len())..]
+        .iter()
+        .position(|&b| b == b'\n')
+    {
+        Some(i) => raw + i + 1,
+        None => text.len(),
+    }
+}
+
+/// Run the data and tokenizer steps, reusing earlier results when their inputs are unchanged.
+/// Derived files go under `data_dir` (normally `data.dir`; verify uses a scratch directory).
+/// A downloaded corpus is always cached at `data.path`, or under `data.dir` when that is unset.
+pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prepared> {
+    let (text, name) = corpus_text(cfg, data_dir, log)?;
+    let corpus_sha = sha256_hex(text.as_bytes());
+    let key = sha256_hex(
+        format!(
+            "tinylm-prep-v{PREP_FORMAT}\n{corpus_sha}\n{}\n{}",
+            cfg.data.val_fraction, cfg.tokenizer.vocab_size
+        )
+        .as_bytes(),
+    );
+    let dir =
+        data_dir
+            .join(&name)
+            .join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
+    let prepared = Prepared {
+        dir: dir.clone(),
+        meta: placeholder_meta(),
+    };
+    if let Some(meta) = reusable(&prepared, &corpus_sha)? {
+        log(&format!("reusing prepared data in {}", dir.display()));
+        return Ok(Prepared { dir, meta });
+    }
+    fs::create_dir_all(&dir).map_err(|e| {
+        Error::hint(
+            format!("cannot create data directory {}: {e}", dir.display()),
+            "set data.dir to a writable directory",
+        )
+    })?;
+
+    let cut = split_point(&text, cfg.data.val_fraction);
+    let (train_text, val_text) = text.split_at(cut);
+    if val_text.is_empty() || train_text.is_empty() {
+        return Err(Error::msg(
+            "corpus too small to split into train and validation",
+        ));
+    }
+    log(&format!(
+        "training BPE tokenizer (vocab {}) on {} bytes",
+        cfg.tokenizer.vocab_size,
+        train_text.len()
+    ));
+    let json = tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)?;
+    write_atomic(&prepared.tokenizer_path(), json.as_bytes())?;
+    let tok = Tok::from_file(&prepared.tokenizer_path())?;
+
+    let mut splits = Vec::new();
+    for (split, part) in [("train", train_text), ("val", val_text)] {
+        let ids = tok.encode(part)?;
+        let mut bytes = Vec::with_capacity(ids.len() * 2);
+        for id in &ids {
+            let id = u16::try_from(*id).map_err(|_| Error::msg("token id does not fit u16"))?;
+            bytes.extend_from_slice(&id.to_le_bytes());
+        }
+        write_atomic(&prepared.split_path(split), &bytes)?;
+        log(&format!(
+            "{split}: {} bytes -> {} tokens",
+            part.len(),
+            ids.len()
+        ));
+        splits.push(SplitMeta {
+            tokens: ids.len() as u64,
+            bytes: part.len() as u64,
+            sha256: sha256_hex(&bytes),
+        });
+    }
+    let val = splits.pop().unwrap_or_else(|| unreachable_split());
+    let train = splits.pop().unwrap_or_else(|| unreachable_split());
+    let meta = Meta {
+        format: PREP_FORMAT,
+        corpus_sha256: corpus_sha,
+        corpus_bytes: text.len() as u64,
+        val_fraction: cfg.data.val_fraction,
+        vocab_size: cfg.tokenizer.vocab_size,
+        tokenizer_sha256: sha256_hex(json.as_bytes()),
+        dtype: "u16le".into(),
+        train,
+        val,
+    };
+    let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| Error::msg(e.to_string()))?;
+    // meta.json goes last: its presence with matching hashes is what marks the files complete.
+    write_atomic(&dir.join("meta.json"), meta_json.as_bytes())?;
+    Ok(Prepared { dir, meta })
+}
+
+fn unreachable_split() -> SplitMeta {
+    SplitMeta {
+        tokens: 0,
+        bytes: 0,
+        sha256: String::new(),
+    }
+}
+
+fn placeholder_meta() -> Meta {
+    Meta {
+        format: 0,
+        corpus_sha256: String::new(),
+        corpus_bytes: 0,
+        val_fraction: 0.0,
+        vocab_size: 0,
+        tokenizer_sha256: String::new(),
+        dtype: String::new(),
+        train: unreachable_split(),
+        val: unreachable_split(),
+    }
+}
+
+/// The existing meta, if the prepared files are complete and untouched.
+fn reusable(p: &Prepared, corpus_sha: &str) -> Result<Option<Meta>> {
+    let Ok(text) = fs::read_to_string(p.dir.join("meta.json")) else {
+        return Ok(None);
+    };
+    let Ok(meta) = serde_json::from_str::<Meta>(&text) else {
+        return Ok(None);
+    };
+    if meta.format != PREP_FORMAT || meta.corpus_sha256 != corpus_sha {
+        return Ok(None);
+    }
+    let checks = [
+        (p.tokenizer_path(), &meta.tokenizer_sha256),
+        (p.split_path("train"), &meta.train.sha256),
+        (p.split_path("val"), &meta.val.sha256),
+    ];
+    for (path, want) in checks {
+        if !path.exists() || &sha256_file(&path)? != want {
+            return Ok(None);
+        }
+    }
+    Ok(Some(meta))
+}
+
+/// Start offsets of the training windows for (step, micro-batch): a pure function of
+/// (seed, step, micro), so the data position never needs to be saved.
+pub fn batch_offsets(
+    seed: u64,
+    step: u64,
+    micro: u64,
+    n_tokens: usize,
+    batch: usize,
+    ctx: usize,
+) -> Vec<usize> {
+    let mut r = rng::stream(seed, "batch", &format!("{step}/{micro}"));
+    let span = (n_tokens - ctx - 1) as u64 + 1;
+    (0..batch)
+        .map(|_| rng::below(&mut r, span) as usize)
+        .collect()
+}
+
+/// Start offsets of the fixed validation windows: evenly spaced over the split, no randomness.
+pub fn eval_offsets(n_tokens: usize, count: usize, ctx: usize) -> Vec<usize> {
+    let last = n_tokens - ctx - 1;
+    if count <= 1 {
+        return vec![0];
+    }
+    (0..count).map(|i| i * last / (count - 1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cuts_at_a_line_start() {
+        let text = "aaaa\nbbbb\ncccc\ndddd\n";
+        let cut = split_point(text, 0.3);
+        assert_eq!(&text[cut..], "dddd\n");
+        assert_eq!(split_point("abc", 0.5), 3);
+    }
+
+    #[test]
+    fn batches_are_a_pure_function_of_step() {
+        let a = batch_offsets(1, 5, 0, 1000, 8, 16);
+        assert_eq!(a, batch_offsets(1, 5, 0, 1000, 8, 16));
+        assert_ne!(a, batch_offsets(1, 6, 0, 1000, 8, 16));
+        assert_ne!(a, batch_offsets(1, 5, 1, 1000, 8, 16));
+        assert!(a.iter().all(|&o| o + 16 < 1000));
+        let e = eval_offsets(1000, 4, 16);
+        assert_eq!(e, vec![0, 327, 655, 983]);
+        assert!(e.iter().all(|&o| o + 16 < 1000));
+    }
+}

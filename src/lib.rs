@@ -1,0 +1,23 @@
+//! tinylm: train a small Llama-style language model from raw text to weights, reproducibly.
+//!
+//! One TOML config fully determines a run; every input and output is recorded by SHA-256 in
+//! the run's manifest; a rerun or a resume reproduces the same weights bit for bit, and
+//! `tinylm verify` proves it.
+
+pub mod checkpoint;
+pub mod config;
+pub mod corpus;
+pub mod data;
+pub mod error;
+pub mod manifest;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod sample;
+pub mod threads;
+pub mod tokenizer;
+pub mod train;
+pub mod util;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,159 @@
+//! `manifest.json`: the run's record of every input and output by SHA-256, plus what built and
+//! ran it. Rewritten atomically after each checkpoint, so it always describes complete files.
+
+use crate::data::Meta;
+use crate::error::{Error, IoContext, Result};
+use crate::util::{sha256_hex, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const FILE: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub tinylm_version: String,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    pub rustc_version: String,
+    pub cargo_lock_sha256: String,
+    pub candle_version: String,
+}
+
+/// One invocation of `train` on this run directory (a fresh start or a resume).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub start_step: u64,
+    pub threads: usize,
+    pub cpu_model: String,
+    pub build: Build,
+    pub overrides: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub source: String,
+    pub corpus_sha256: String,
+    pub corpus_bytes: u64,
+    pub tokenizer_sha256: String,
+    pub train_tokens_sha256: String,
+    pub val_tokens_sha256: String,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub step: u64,
+    pub dir: String,
+    pub files: BTreeMap<String, String>,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    /// False once retention deleted the directory.
+    pub present: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub run_name: String,
+    /// SHA-256 of the resolved `config.toml` in the run directory.
+    pub config_sha256: String,
+    pub data: DataRecord,
+    pub sessions: Vec<Session>,
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+impl DataRecord {
+    pub fn from_meta(source: &str, m: &Meta) -> DataRecord {
+        DataRecord {
+            source: source.to_string(),
+            corpus_sha256: m.corpus_sha256.clone(),
+            corpus_bytes: m.corpus_bytes,
+            tokenizer_sha256: m.tokenizer_sha256.clone(),
+            train_tokens_sha256: m.train.sha256.clone(),
+            val_tokens_sha256: m.val.sha256.clone(),
+            train_tokens: m.train.tokens,
+            val_tokens: m.val.tokens,
+        }
+    }
+}
+
+pub fn build_info() -> Build {
+    let lock = include_str!("../Cargo.lock");
+    Build {
+        tinylm_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: env!("TINYLM_GIT_COMMIT").to_string(),
+        git_dirty: env!("TINYLM_GIT_DIRTY") == "true",
+        rustc_version: env!("TINYLM_RUSTC_VERSION").to_string(),
+        cargo_lock_sha256: sha256_hex(lock.as_bytes()),
+        candle_version: lock_version(lock, "candle-core").unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// The version of a package in Cargo.lock.
+fn lock_version(lock: &str, name: &str) -> Option<String> {
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    let start = lock.find(&needle)? + needle.len();
+    let end = lock[start..].find('"')? + start;
+    Some(lock[start..end].to_string())
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+impl Manifest {
+    pub fn load(run_dir: &Path) -> Result<Manifest> {
+        let p = run_dir.join(FILE);
+        let text = std::fs::read_to_string(&p).at(&p)?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+            Error::hint(
+                format!("{}: unreadable manifest: {e}", p.display()),
+                "the run directory is damaged",
+            )
+        })?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(Error::msg(format!(
+                "{}: manifest format {} is not supported",
+                p.display(),
+                m.format_version
+            )));
+        }
+        Ok(m)
+    }
+
+    pub fn save(&self, run_dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::msg(e.to_string()))?;
+        write_atomic(&run_dir.join(FILE), json.as_bytes())
+    }
+
+    /// Record a checkpoint, replacing any earlier record of the same step.
+    pub fn record(&mut self, rec: CheckpointRecord) {
+        self.checkpoints.retain(|c| c.step != rec.step);
+        self.checkpoints.push(rec);
+        self.checkpoints.sort_by_key(|c| c.step);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_version_finds_candle() {
+        let lock = "[[package]]\nname = \"candle-core\"\nversion = \"0.11.1\"\n";
+        assert_eq!(
+            super::lock_version(lock, "candle-core").as_deref(),
+            Some("0.11.1")
+        );
+        assert_eq!(super::build_info().candle_version, "0.11.1");
+    }
+}

@@ -1,0 +1,15 @@
+//! Thread pools. candle's element-wise pool spins: on 2 cores, 2 threads ran 3.6x slower than
+//! 1 (measured). So tinylm pins that pool to one thread (`CANDLE_NUM_THREADS=1`) and gives the
+//! matmul pool (rayon's, sized by `RAYON_NUM_THREADS`) the configured count. This must run
+//! before candle first reads either variable, so `main` calls it before any tensor work.
+//! The count never reaches the weights: gemm splits work over output blocks only.
+
+pub fn configure(threads: usize) {
+    let n = threads.max(1);
+    // SAFETY-free in edition 2021; called once at start-up before other threads exist.
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
