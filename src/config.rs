@@ -683,7 +683,7 @@ mod tests {
     fn value_problems_are_reported_together() {
         let p = problems("[model]\nn_head = 3\n[optim]\nlr = -1.0\n", &[]);
         assert!(
-            p.iter().any(|m| m.starts_with("`model.d_model` (line")),
+            p.iter().any(|m| m.starts_with("`model.d_model`: 128 is not divisible by model.n_head = 3")),
             "{p:?}"
         );
         assert!(

@@ -387,7 +387,7 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(&out[..4], &[1., 2., 3., 4.]); // position 0 is unrotated
-        let (a0, a1) = (1.0f64, 1.0 / 100.0); // inv_freq = [1, 10000^(-1/2)]
+        let (a0, a1) = (1.0f64, 1.0f64 / 100.0); // inv_freq = [1, 10000^(-1/2)]
         let want = [
             5.0 * a0.cos() - 7.0 * a0.sin(),
             6.0 * a1.cos() - 8.0 * a1.sin(),

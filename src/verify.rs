@@ -260,18 +260,21 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             let Some(want) = c.files.get(name) else {
                 continue;
             };
-            let got = hash_or_missing(&run.join(&c.dir).join(name));
-            if &got != want && divergence.is_none() && name == MODEL_FILE {
-                divergence = first_difference(
-                    &a.run_dir.join(&c.dir).join(name),
-                    &run.join(&c.dir).join(name),
-                )
-                .map(|d| format!("step {}: {d}", c.step))
-                .or_else(|| {
-                    Some(format!(
-                        "step {} (original weights not on disk to compare tensors)",
+            let rerun = run.join(&c.dir).join(name);
+            let got = hash_or_missing(&rerun);
+            // The first step where the re-execution disagrees with the record, or with the file
+            // on disk (a tampered checkpoint): name the first tensor that differs.
+            let on_disk = a.run_dir.join(&c.dir).join(name);
+            let disk_differs = c.present && on_disk.is_file() && hash_or_missing(&on_disk) != got;
+            if name == MODEL_FILE && divergence.is_none() && (&got != want || disk_differs) {
+                divergence = Some(match first_difference(&on_disk, &rerun) {
+                    Some(d) => {
+                        format!("step {}: {}/{name} vs the re-execution: {d}", c.step, c.dir)
+                    }
+                    None => format!(
+                        "step {} (the original weights are not on disk to compare tensors)",
                         c.step
-                    ))
+                    ),
                 });
             }
             rows.push(Row {

@@ -1,0 +1,311 @@
+//! Exact resume, interruption and `tinylm verify`, each on the real binary with a tiny config.
+
+mod util;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use util::*;
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+fn wait_for(p: &Path, limit: Duration) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(t.elapsed() < limit, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn resume_from_any_checkpoint_matches_a_straight_run() {
+    let d = Dir::new("resume");
+    d.train("runs/straight", &[]);
+    let straight = d.path("runs/straight");
+    let want = weights(&straight, 20);
+
+    // N/2 steps, then a resume to N (train.steps changes, the schedule is pinned).
+    d.train(
+        "runs/half",
+        &[
+            "--set",
+            "train.steps=10",
+            "--set",
+            "optim.schedule_steps=20",
+        ],
+    );
+    d.train(
+        "runs/half",
+        &["--set", "optim.schedule_steps=20", "--resume"],
+    );
+    assert_eq!(weights(&d.path("runs/half"), 20), want, "10 + resume to 20");
+    assert_eq!(weights(&d.path("runs/half"), 15), weights(&straight, 15));
+
+    // From each intermediate checkpoint, in a copy of the run, with a different thread count.
+    for step in [5u64, 10, 15] {
+        let name = format!("runs/from{step}");
+        copy_dir(&straight, &d.path(&name));
+        let ckpt = format!("{name}/step-{step:08}");
+        d.train(&name, &["--resume", &ckpt, "--set", "run.threads=2"]);
+        assert_eq!(weights(&d.path(&name), 20), want, "resume from step {step}");
+    }
+    // Twice in a row: resume from 5, then again from that run's 15.
+    copy_dir(&straight, &d.path("runs/twice"));
+    d.train("runs/twice", &["--resume", "runs/twice/step-00000005"]);
+    d.train("runs/twice", &["--resume", "runs/twice/step-00000015"]);
+    assert_eq!(weights(&d.path("runs/twice"), 20), want);
+    // Eval and checkpoint cadence may change on resume and never change the weights.
+    copy_dir(&straight, &d.path("runs/cadence"));
+    d.train(
+        "runs/cadence",
+        &[
+            "--resume",
+            "runs/cadence/step-00000005",
+            "--set",
+            "eval.every=3",
+            "--set",
+            "checkpoint.every=7",
+        ],
+    );
+    assert_eq!(weights(&d.path("runs/cadence"), 20), want);
+}
+
+#[test]
+fn resume_refuses_changes_that_alter_the_result() {
+    let d = Dir::new("refuse");
+    d.train("runs/a", &["--set", "train.steps=10"]);
+    let cfg = d.config();
+    let o = d.run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--run-dir",
+        "runs/a",
+        "--resume",
+        "--set",
+        "model.d_model=64",
+        "--set",
+        "optim.lr=0.01",
+    ]);
+    assert_clean_error(&o, "model.d_model: checkpoint has 32, now 64");
+    assert!(
+        stderr(&o).contains("optim.lr: checkpoint has 0.003, now 0.01"),
+        "{}",
+        stderr(&o)
+    );
+    // Changing train.steps alone changes the cosine schedule: refused with the fix.
+    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume"]);
+    assert_clean_error(&o, "optim.schedule_steps=10");
+    // A different corpus is refused too.
+    let o = d.run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--run-dir",
+        "runs/a",
+        "--resume",
+        "--set",
+        "train.steps=10",
+        "--set",
+        "data.builtin_seed=1",
+    ]);
+    assert_clean_error(&o, "data.builtin_seed");
+    // Nothing to resume.
+    let o = d.run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--run-dir",
+        "runs/empty",
+        "--resume",
+    ]);
+    assert_clean_error(&o, "no complete checkpoint");
+}
+
+#[test]
+fn half_written_checkpoints_are_never_resumed_from() {
+    let d = Dir::new("torn");
+    d.train("runs/straight", &[]);
+    d.train(
+        "runs/a",
+        &[
+            "--set",
+            "train.steps=10",
+            "--set",
+            "optim.schedule_steps=20",
+        ],
+    );
+    // What a crash mid-write can leave: a temp directory, and a step directory without state.
+    let run = d.path("runs/a");
+    std::fs::create_dir_all(run.join(".tmp-step-00000015-999")).unwrap();
+    std::fs::write(
+        run.join(".tmp-step-00000015-999/model.safetensors"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::create_dir_all(run.join("step-00000012")).unwrap();
+    std::fs::write(run.join("step-00000012/model.safetensors"), b"partial").unwrap();
+    d.train("runs/a", &["--set", "optim.schedule_steps=20", "--resume"]);
+    assert_eq!(weights(&run, 20), weights(&d.path("runs/straight"), 20));
+}
+
+#[test]
+fn sigint_checkpoints_and_resume_is_exact() {
+    let d = Dir::new("sigint");
+    let long = [
+        "--set",
+        "train.steps=400",
+        "--set",
+        "checkpoint.every=50",
+        "--set",
+        "eval.every=0",
+    ];
+    d.train("runs/straight", &long);
+    let cfg = d.config();
+    let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/int"];
+    args.extend_from_slice(&long);
+    let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for(&d.path("runs/int/step-00000050"), Duration::from_secs(60));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{e}");
+    assert!(e.contains("resume with: tinylm train"), "{e}");
+    // It stopped early and left a complete checkpoint at the step it reached.
+    let ckpts = tinylm::checkpoint::list(&d.path("runs/int")).unwrap();
+    let (last, _) = *ckpts.last().unwrap();
+    assert!(
+        last < 400,
+        "interrupt came too late to test anything ({last})"
+    );
+    let mut args = args.clone();
+    args.push("--resume");
+    let o = d.run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        weights(&d.path("runs/int"), 400),
+        weights(&d.path("runs/straight"), 400)
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_exact() {
+    let d = Dir::new("kill9");
+    let long = [
+        "--set",
+        "train.steps=400",
+        "--set",
+        "checkpoint.every=7",
+        "--set",
+        "eval.every=0",
+    ];
+    d.train("runs/straight", &long);
+    let cfg = d.config();
+    let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/k"];
+    args.extend_from_slice(&long);
+    // Kill at a few different moments; whatever is on disk must resume to the same weights.
+    for wait_step in [14u64, 105, 203] {
+        let mut a = args.clone();
+        if wait_step != 14 {
+            a.push("--resume");
+        }
+        let mut child = d.cmd(&a).stderr(Stdio::null()).spawn().unwrap();
+        wait_for(
+            &d.path(&format!("runs/k/step-{wait_step:08}")),
+            Duration::from_secs(60),
+        );
+        std::thread::sleep(Duration::from_millis(3 * (wait_step % 5)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut a = args.clone();
+    a.push("--resume");
+    let o = d.run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        weights(&d.path("runs/k"), 400),
+        weights(&d.path("runs/straight"), 400)
+    );
+}
+
+#[test]
+fn verify_passes_a_good_run_and_names_a_flipped_byte() {
+    let d = Dir::new("verify");
+    d.train("runs/a", &[]);
+    let ok = d.run(&["verify", "runs/a"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&ok),
+        stderr(&ok)
+    );
+    let table = stdout(&ok);
+    assert!(
+        table.contains("artifact")
+            && table.contains("rerun step-00000020/model.safetensors")
+            && table.contains("data: tokenizer.json"),
+        "{table}"
+    );
+    let from = d.run(&["verify", "runs/a", "--from", "10"]);
+    assert_eq!(
+        from.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&from),
+        stderr(&from)
+    );
+    let files = d.run(&["verify", "runs/a", "--files-only"]);
+    assert_eq!(files.status.code(), Some(0), "{}", stdout(&files));
+
+    // Flip one byte in a checkpoint's weights.
+    let p = d.path("runs/a/step-00000015/model.safetensors");
+    let mut b = bytes(&p);
+    let i = b.len() - 3;
+    b[i] ^= 0x01;
+    std::fs::write(&p, b).unwrap();
+    let bad = d.run(&["verify", "runs/a", "--files-only"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
+    assert!(
+        stdout(&bad).contains("MISMATCH: step-00000015/model.safetensors"),
+        "{}",
+        stdout(&bad)
+    );
+    // The full verify names the file too and reports the first differing tensor.
+    let bad = d.run(&["verify", "runs/a"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
+    let out = stdout(&bad);
+    assert!(out.contains("step-00000015/model.safetensors"), "{out}");
+    assert!(
+        out.contains("first divergence: step 15: ")
+            && out.contains(": tensor ")
+            && out.contains("largest absolute difference"),
+        "{out}"
+    );
+    // Resuming from the tampered checkpoint is refused.
+    let cfg = d.config();
+    let o = d.run(&[
+        "train",
+        "--config",
+        &cfg,
+        "--run-dir",
+        "runs/a",
+        "--resume",
+        "runs/a/step-00000015",
+    ]);
+    assert_clean_error(&o, "step-00000015/model.safetensors");
+}
