@@ -2,7 +2,7 @@
 //! ran it. Rewritten atomically after each checkpoint, so it always describes complete files.
 
 use crate::data::Meta;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::util::{sha256_hex, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,7 +115,23 @@ pub fn cpu_model() -> String {
 impl Manifest {
     pub fn load(run_dir: &Path) -> Result<Manifest> {
         let p = run_dir.join(FILE);
-        let text = std::fs::read_to_string(&p).at(&p)?;
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::hint(
+                    format!(
+                        "{} not found: {} is not a tinylm run directory",
+                        p.display(),
+                        run_dir.display()
+                    ),
+                    "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
+                )
+            } else {
+                Error::Io {
+                    path: p.clone(),
+                    source: e,
+                }
+            }
+        })?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| {
             Error::hint(
                 format!("{}: unreadable manifest: {e}", p.display()),

@@ -309,3 +309,69 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
     ]);
     assert_clean_error(&o, "step-00000015/model.safetensors");
 }
+
+#[test]
+fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
+    let d = Dir::new("manifest");
+    d.train("runs/a", &["--set", "train.steps=10"]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&bytes(&d.path("runs/a/manifest.json"))).unwrap();
+    assert_eq!(m["format_version"], 1);
+    for key in [
+        "corpus_sha256",
+        "tokenizer_sha256",
+        "train_tokens_sha256",
+        "val_tokens_sha256",
+    ] {
+        assert_eq!(m["data"][key].as_str().unwrap().len(), 64, "{key}");
+    }
+    let s = &m["sessions"][0];
+    for key in [
+        "tinylm_version",
+        "git_commit",
+        "rustc_version",
+        "cargo_lock_sha256",
+        "candle_version",
+    ] {
+        assert!(
+            s["build"][key].as_str().is_some_and(|v| !v.is_empty()),
+            "build.{key}"
+        );
+    }
+    assert!(s["build"]["git_dirty"].is_boolean());
+    assert_eq!(s["threads"], 1);
+    assert!(s["cpu_model"].as_str().is_some_and(|v| !v.is_empty()));
+    let c = &m["checkpoints"][1];
+    assert_eq!(c["step"], 10);
+    assert!(c["train_loss"].as_f64().is_some() && c["val_loss"].as_f64().is_some());
+    // The recorded hashes are what sha256sum prints.
+    let sum = |p: &str| {
+        let o = std::process::Command::new("sha256sum")
+            .arg(d.path(p))
+            .output()
+            .unwrap();
+        stdout(&o).split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(
+        c["files"]["model.safetensors"],
+        sum("runs/a/step-00000010/model.safetensors")
+    );
+    assert_eq!(
+        c["files"]["state.json"],
+        sum("runs/a/step-00000010/state.json")
+    );
+    assert_eq!(m["config_sha256"], sum("runs/a/config.toml"));
+    // A missing run directory is an error (exit 2), not a mismatch.
+    assert_clean_error(&d.run(&["verify", "runs/none"]), "runs/none/manifest.json");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let d = Dir::new("help");
+    for cmd in ["train", "prepare", "sample", "verify"] {
+        let o = d.run(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help");
+        assert!(stdout(&o).contains("Usage: tinylm"), "{}", stdout(&o));
+    }
+    assert!(stdout(&d.run(&["train", "--help"])).contains("--resume"));
+}
