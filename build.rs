@@ -4,9 +4,7 @@ use std::process::Command;
 
 fn run(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn main() {
@@ -19,14 +17,7 @@ fn main() {
     println!("cargo:rustc-env=TINYLM_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=TINYLM_GIT_DIRTY={dirty}");
     println!("cargo:rustc-env=TINYLM_RUSTC_VERSION={rustc_version}");
-    for p in [
-        ".git/HEAD",
-        ".git/index",
-        "src",
-        "Cargo.toml",
-        "Cargo.lock",
-        "build.rs",
-    ] {
+    for p in [".git/HEAD", ".git/index", "src", "Cargo.toml", "Cargo.lock", "build.rs"] {
         println!("cargo:rerun-if-changed={p}");
     }
 }

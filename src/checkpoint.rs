@@ -45,8 +45,7 @@ pub fn dir_name(step: u64) -> String {
 
 pub fn parse_step(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("step-")?;
-    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())?
+    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
 }
 
 /// Serialize named tensors to safetensors bytes, in sorted name order, with the
@@ -69,17 +68,9 @@ pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, 
 
 /// Write a complete checkpoint atomically. `files` are (name, bytes); state.json is added.
 /// Returns the final directory and the state written.
-pub fn write(
-    run_dir: &Path,
-    mut state: State,
-    files: &[(&str, Vec<u8>)],
-) -> Result<(PathBuf, State)> {
+pub fn write(run_dir: &Path, mut state: State, files: &[(&str, Vec<u8>)]) -> Result<(PathBuf, State)> {
     let final_dir = run_dir.join(dir_name(state.step));
-    let tmp = run_dir.join(format!(
-        ".tmp-{}-{}",
-        dir_name(state.step),
-        std::process::id()
-    ));
+    let tmp = run_dir.join(format!(".tmp-{}-{}", dir_name(state.step), std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).at(&tmp)?;
     }
@@ -101,11 +92,7 @@ pub fn write(
     if final_dir.exists() {
         // A rerun past a resume point replaces the old checkpoint of the same step: move the old
         // one aside first (rename onto a non-empty directory fails), then drop it.
-        let old = run_dir.join(format!(
-            ".old-{}-{}",
-            dir_name(state.step),
-            std::process::id()
-        ));
+        let old = run_dir.join(format!(".old-{}-{}", dir_name(state.step), std::process::id()));
         fs::rename(&final_dir, &old).at(&final_dir)?;
         fs::rename(&tmp, &final_dir).at(&final_dir)?;
         fs::remove_dir_all(&old).at(&old)?;
@@ -165,7 +152,11 @@ pub fn read_state(dir: &Path) -> Result<State> {
     })?;
     if state.format_version != FORMAT_VERSION {
         return Err(Error::hint(
-            format!("{}: checkpoint format {} is not supported (this tinylm reads format {FORMAT_VERSION})", p.display(), state.format_version),
+            format!(
+                "{}: checkpoint format {} is not supported (this tinylm reads format {FORMAT_VERSION})",
+                p.display(),
+                state.format_version
+            ),
             "use the tinylm version that wrote it",
         ));
     }
@@ -176,19 +167,14 @@ pub fn read_state(dir: &Path) -> Result<State> {
 pub fn read_checked(dir: &Path, state: &State, name: &str) -> Result<Vec<u8>> {
     let p = dir.join(name);
     let bytes = fs::read(&p).at(&p)?;
-    let want = state.files.get(name).ok_or_else(|| {
-        Error::msg(format!(
-            "{}: {name} is not listed in state.json",
-            dir.display()
-        ))
-    })?;
+    let want = state
+        .files
+        .get(name)
+        .ok_or_else(|| Error::msg(format!("{}: {name} is not listed in state.json", dir.display())))?;
     let got = sha256_hex(&bytes);
     if &got != want {
         return Err(Error::hint(
-            format!(
-                "{}: sha256 mismatch (state.json says {want}, file is {got})",
-                p.display()
-            ),
+            format!("{}: sha256 mismatch (state.json says {want}, file is {got})", p.display()),
             "the checkpoint is corrupt or was modified; resume from an earlier checkpoint",
         ));
     }
@@ -197,23 +183,10 @@ pub fn read_checked(dir: &Path, state: &State, name: &str) -> Result<Vec<u8>> {
 
 pub fn load(dir: &Path) -> Result<Loaded> {
     let state = read_state(dir)?;
-    let model = from_safetensors(
-        &read_checked(dir, &state, MODEL_FILE)?,
-        &dir.join(MODEL_FILE),
-    )?;
-    let optim = from_safetensors(
-        &read_checked(dir, &state, OPTIM_FILE)?,
-        &dir.join(OPTIM_FILE),
-    )?;
-    let config_toml =
-        String::from_utf8_lossy(&read_checked(dir, &state, CONFIG_FILE)?).into_owned();
-    Ok(Loaded {
-        dir: dir.to_path_buf(),
-        state,
-        model,
-        optim,
-        config_toml,
-    })
+    let model = from_safetensors(&read_checked(dir, &state, MODEL_FILE)?, &dir.join(MODEL_FILE))?;
+    let optim = from_safetensors(&read_checked(dir, &state, OPTIM_FILE)?, &dir.join(OPTIM_FILE))?;
+    let config_toml = String::from_utf8_lossy(&read_checked(dir, &state, CONFIG_FILE)?).into_owned();
+    Ok(Loaded { dir: dir.to_path_buf(), state, model, optim, config_toml })
 }
 
 /// Which checkpoints to delete: keep the newest `keep_last` (0 keeps all) and every step that
@@ -260,11 +233,8 @@ mod tests {
     fn write_load_and_detect_corruption() {
         let run = std::env::temp_dir().join(format!("tinylm-ckpt-{}", std::process::id()));
         fs::create_dir_all(&run).unwrap();
-        let t: BTreeMap<String, Tensor> = [(
-            "a".to_string(),
-            Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
-        )]
-        .into();
+        let t: BTreeMap<String, Tensor> =
+            [("a".to_string(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap())].into();
         let st = State {
             format_version: FORMAT_VERSION,
             step: 3,
@@ -275,11 +245,7 @@ mod tests {
             files: BTreeMap::new(),
         };
         let bytes = to_safetensors(&t).unwrap();
-        let files = [
-            (MODEL_FILE, bytes.clone()),
-            (OPTIM_FILE, bytes),
-            (CONFIG_FILE, b"".to_vec()),
-        ];
+        let files = [(MODEL_FILE, bytes.clone()), (OPTIM_FILE, bytes), (CONFIG_FILE, b"".to_vec())];
         let (dir, _) = write(&run, st, &files).unwrap();
         assert_eq!(list(&run).unwrap(), vec![(3, dir.clone())]);
         let l = load(&dir).unwrap();
@@ -290,10 +256,7 @@ mod tests {
         b[last] ^= 1;
         fs::write(&p, b).unwrap();
         let err = load(&dir).err().unwrap().to_string();
-        assert!(
-            err.contains("sha256 mismatch") && err.contains(MODEL_FILE),
-            "{err}"
-        );
+        assert!(err.contains("sha256 mismatch") && err.contains(MODEL_FILE), "{err}");
         fs::remove_dir_all(&run).unwrap();
     }
 }

@@ -132,11 +132,7 @@ pub struct CheckpointConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self {
-            name: "tiny".into(),
-            seed: 1337,
-            threads: 0,
-        }
+        Self { name: "tiny".into(), seed: 1337, threads: 0 }
     }
 }
 impl Default for DataConfig {
@@ -160,14 +156,7 @@ impl Default for TokenizerConfig {
 }
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self {
-            n_layer: 4,
-            n_head: 4,
-            d_model: 128,
-            d_ff: 352,
-            rope_theta: 10000.0,
-            norm_eps: 1e-5,
-        }
+        Self { n_layer: 4, n_head: 4, d_model: 128, d_ff: 352, rope_theta: 10000.0, norm_eps: 1e-5 }
     }
 }
 impl Default for OptimConfig {
@@ -187,13 +176,7 @@ impl Default for OptimConfig {
 }
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            steps: 2000,
-            batch_size: 16,
-            context: 128,
-            grad_accum: 1,
-            log_every: 10,
-        }
+        Self { steps: 2000, batch_size: 16, context: 128, grad_accum: 1, log_every: 10 }
     }
 }
 impl Default for EvalConfig {
@@ -210,11 +193,7 @@ impl Default for EvalConfig {
 }
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self {
-            every: 500,
-            keep_last: 0,
-            keep_every: 0,
-        }
+        Self { every: 500, keep_last: 0, keep_every: 0 }
     }
 }
 impl Default for Config {
@@ -279,9 +258,7 @@ fn line_of(src: &str, section: &str, key: &str) -> Option<usize> {
 /// One `--set section.key=value`. The value is read as a TOML value (so `3`, `1e-3`, `true`,
 /// `"x"` have their TOML types); anything that is not valid TOML is taken as a bare string.
 pub fn parse_override(s: &str) -> std::result::Result<(String, String, toml::Value), String> {
-    let (key, raw) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--set {s:?}: expected section.key=value"))?;
+    let (key, raw) = s.split_once('=').ok_or_else(|| format!("--set {s:?}: expected section.key=value"))?;
     let key = key.trim();
     let (section, name) = key
         .split_once('.')
@@ -304,20 +281,14 @@ impl Config {
                     "pass an existing file to --config, e.g. configs/tiny.toml",
                 )
             } else {
-                Error::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
+                Error::Io { path: path.to_path_buf(), source: e }
             }
         })?;
         Self::from_source(&src, path, overrides)
     }
 
     pub fn from_source(src: &str, path: &Path, overrides: &[String]) -> Result<Config> {
-        let bad = |problems: Vec<String>| Error::Config {
-            file: path.to_path_buf(),
-            problems,
-        };
+        let bad = |problems: Vec<String>| Error::Config { file: path.to_path_buf(), problems };
         let mut table: toml::Table = toml::from_str(src)
             .map_err(|e| bad(vec![format!("TOML syntax: {}", e.to_string().trim_end())]))?;
         let schema = schema();
@@ -347,10 +318,8 @@ impl Config {
             }
         }
 
-        let sections: std::collections::BTreeSet<&str> = schema
-            .keys()
-            .filter_map(|k| k.split_once('.').map(|(s, _)| s))
-            .collect();
+        let sections: std::collections::BTreeSet<&str> =
+            schema.keys().filter_map(|k| k.split_once('.').map(|(s, _)| s)).collect();
         for (section, v) in table.iter_mut() {
             if !sections.contains(section.as_str()) {
                 problems.push(format!(
@@ -366,11 +335,8 @@ impl Config {
             };
             for (key, value) in t.iter_mut() {
                 let full = format!("{section}.{key}");
-                let origin = if from_cli.contains_key(&full) {
-                    " (from --set)".to_string()
-                } else {
-                    at(section, key)
-                };
+                let origin =
+                    if from_cli.contains_key(&full) { " (from --set)".to_string() } else { at(section, key) };
                 match schema.get(&full) {
                     None => {
                         let known: Vec<&str> = schema
@@ -392,13 +358,10 @@ impl Config {
                         }
                         let got = value.type_str();
                         if got != want {
-                            problems.push(format!(
-                                "`{full}`{origin}: expected {want}, found {got} `{value}`"
-                            ));
+                            problems
+                                .push(format!("`{full}`{origin}: expected {want}, found {got} `{value}`"));
                         } else if want == "integer" && value.as_integer().is_some_and(|i| i < 0) {
-                            problems.push(format!(
-                                "`{full}`{origin}: must not be negative, found {value}"
-                            ));
+                            problems.push(format!("`{full}`{origin}: must not be negative, found {value}"));
                         }
                     }
                 }
@@ -416,11 +379,8 @@ impl Config {
                 .into_iter()
                 .map(|(key, msg)| {
                     let (s, k) = key.split_once('.').unwrap_or((key, ""));
-                    let origin = if from_cli.contains_key(key) {
-                        " (from --set)".to_string()
-                    } else {
-                        at(s, k)
-                    };
+                    let origin =
+                        if from_cli.contains_key(key) { " (from --set)".to_string() } else { at(s, k) };
                     format!("`{key}`{origin}: {msg}")
                 })
                 .collect()));
@@ -450,16 +410,10 @@ impl Config {
         if m.n_head > 0 && m.d_model % m.n_head != 0 {
             p.push((
                 "model.d_model",
-                format!(
-                    "{} is not divisible by model.n_head = {}",
-                    m.d_model, m.n_head
-                ),
+                format!("{} is not divisible by model.n_head = {}", m.d_model, m.n_head),
             ));
         } else if m.n_head > 0 && (m.d_model / m.n_head) % 2 != 0 {
-            p.push((
-                "model.d_model",
-                "head size d_model / n_head must be even for rotary embeddings".into(),
-            ));
+            p.push(("model.d_model", "head size d_model / n_head must be even for rotary embeddings".into()));
         }
         if !(self.model.rope_theta > 0.0) {
             p.push(("model.rope_theta", "must be > 0".into()));
@@ -476,16 +430,10 @@ impl Config {
         }
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
-            p.push((
-                "optim.lr",
-                format!("must be a positive number, found {}", o.lr),
-            ));
+            p.push(("optim.lr", format!("must be a positive number, found {}", o.lr)));
         }
         if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            p.push((
-                "optim.min_lr",
-                format!("must be in [0, optim.lr], found {}", o.min_lr),
-            ));
+            p.push(("optim.min_lr", format!("must be in [0, optim.lr], found {}", o.min_lr)));
         }
         for (key, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -499,17 +447,11 @@ impl Config {
             p.push(("optim.weight_decay", "must be >= 0".into()));
         }
         if !(o.grad_clip >= 0.0) {
-            p.push((
-                "optim.grad_clip",
-                "must be >= 0 (0 disables clipping)".into(),
-            ));
+            p.push(("optim.grad_clip", "must be >= 0 (0 disables clipping)".into()));
         }
         let d = &self.data;
         if !(d.val_fraction > 0.0 && d.val_fraction < 0.5) {
-            p.push((
-                "data.val_fraction",
-                format!("must be in (0, 0.5), found {}", d.val_fraction),
-            ));
+            p.push(("data.val_fraction", format!("must be in (0, 0.5), found {}", d.val_fraction)));
         }
         match d.source.as_str() {
             "builtin" => {
@@ -519,13 +461,14 @@ impl Config {
             }
             "file" => {
                 if d.path.is_none() {
-                    p.push((
-                        "data.path",
-                        "is required when data.source = \"file\"".into(),
-                    ));
+                    p.push(("data.path", "is required when data.source = \"file\"".into()));
                 }
                 if d.sha256.is_none() {
-                    p.push(("data.sha256", "is required when data.source = \"file\" (pin the corpus: run `sha256sum FILE`)".into()));
+                    p.push((
+                        "data.sha256",
+                        "is required when data.source = \"file\" (pin the corpus: run `sha256sum FILE`)"
+                            .into(),
+                    ));
                 }
             }
             "url" => {
@@ -533,16 +476,12 @@ impl Config {
                     p.push(("data.url", "is required when data.source = \"url\"".into()));
                 }
                 if d.sha256.is_none() {
-                    p.push((
-                        "data.sha256",
-                        "is required when data.source = \"url\"".into(),
-                    ));
+                    p.push(("data.sha256", "is required when data.source = \"url\"".into()));
                 }
             }
-            other => p.push((
-                "data.source",
-                format!("must be \"builtin\", \"file\" or \"url\", found {other:?}"),
-            )),
+            other => {
+                p.push(("data.source", format!("must be \"builtin\", \"file\" or \"url\", found {other:?}")))
+            }
         }
         if let Some(h) = &d.sha256 {
             if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -550,10 +489,7 @@ impl Config {
             }
         }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
-            p.push((
-                "run.name",
-                "must be a non-empty name without slashes".into(),
-            ));
+            p.push(("run.name", "must be a non-empty name without slashes".into()));
         }
         if self.eval.temperature < 0.0 {
             p.push(("eval.temperature", "must be >= 0 (0 is greedy)".into()));
@@ -577,9 +513,7 @@ impl Config {
 
     pub fn threads(&self) -> usize {
         if self.run.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
             self.run.threads as usize
         }
@@ -644,10 +578,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(
-            n >= 2,
-            "expected configs/tiny.toml and configs/shakespeare.toml"
-        );
+        assert!(n >= 2, "expected configs/tiny.toml and configs/shakespeare.toml");
     }
 
     #[test]
@@ -663,20 +594,12 @@ mod tests {
         let src = "[run]\nseed = 1\nbogus = 2\n\n[train]\nsteps = \"many\"\n\n[nope]\nx = 1\n";
         let p = problems(src, &[]);
         assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("`run.bogus` (line 3)")), "{p:?}");
         assert!(
-            p.iter().any(|m| m.contains("`run.bogus` (line 3)")),
+            p.iter().any(|m| m.contains("`train.steps` (line 6): expected integer, found string")),
             "{p:?}"
         );
-        assert!(
-            p.iter()
-                .any(|m| m.contains("`train.steps` (line 6): expected integer, found string")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|m| m.contains("unknown section [nope] (line 8)")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("unknown section [nope] (line 8)")), "{p:?}");
     }
 
     #[test]
@@ -686,35 +609,19 @@ mod tests {
             p.iter().any(|m| m.starts_with("`model.d_model`: 128 is not divisible by model.n_head = 3")),
             "{p:?}"
         );
-        assert!(
-            p.iter().any(|m| m.starts_with("`optim.lr` (line 4)")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.starts_with("`optim.lr` (line 4)")), "{p:?}");
     }
 
     #[test]
     fn overrides_are_typed_and_checked() {
-        let c = load(
-            "",
-            &[
-                "train.steps=7",
-                "optim.lr=0.01",
-                "run.name=abc",
-                "data.path=x/y.txt",
-            ],
-        )
-        .unwrap();
+        let c = load("", &["train.steps=7", "optim.lr=0.01", "run.name=abc", "data.path=x/y.txt"]).unwrap();
         assert_eq!(c.train.steps, 7);
         assert_eq!(c.optim.lr, 0.01);
         assert_eq!(c.run.name, "abc");
         assert_eq!(c.data.path.as_deref(), Some("x/y.txt"));
         let p = problems("", &["train.steps=lots", "train.nope=1", "noequals"]);
         assert_eq!(p.len(), 3, "{p:?}");
-        assert!(
-            p.iter()
-                .any(|m| m.contains("`train.steps` (from --set): expected integer")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("`train.steps` (from --set): expected integer")), "{p:?}");
         // An integer where a float is expected is accepted.
         assert_eq!(load("", &["optim.lr=1"]).unwrap().optim.lr, 1.0);
     }

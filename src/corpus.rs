@@ -9,8 +9,8 @@ use crate::rng::{self, Stream};
 pub const EOT: &str = "<|endoftext|>";
 
 const NAMES: &[&str] = &[
-    "Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Leo", "Zoe", "Sam", "Emma", "Jack",
-    "Lucy", "Tim", "Ella", "Finn", "Rosa", "Noah", "Ivy", "Omar", "Nina", "Hugo", "Maya", "Eli",
+    "Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Leo", "Zoe", "Sam", "Emma", "Jack", "Lucy", "Tim",
+    "Ella", "Finn", "Rosa", "Noah", "Ivy", "Omar", "Nina", "Hugo", "Maya", "Eli",
 ];
 const KINDS: &[(&str, &str)] = &[
     ("girl", "she"),
@@ -25,8 +25,8 @@ const KINDS: &[(&str, &str)] = &[
     ("fox", "it"),
 ];
 const ADJS: &[&str] = &[
-    "little", "happy", "curious", "brave", "kind", "shy", "silly", "clever", "sleepy", "small",
-    "gentle", "busy", "friendly", "quiet",
+    "little", "happy", "curious", "brave", "kind", "shy", "silly", "clever", "sleepy", "small", "gentle",
+    "busy", "friendly", "quiet",
 ];
 const PLACES: &[&str] = &[
     "park",
@@ -80,14 +80,8 @@ const HIDING: &[&str] = &[
 ];
 const FEELINGS_BAD: &[&str] = &["sad", "worried", "upset", "scared", "lonely"];
 const FEELINGS_GOOD: &[&str] = &["happy", "glad", "proud", "excited", "thankful"];
-const TIMES: &[&str] = &[
-    "One day",
-    "One morning",
-    "One sunny day",
-    "One rainy afternoon",
-    "One evening",
-    "Last summer",
-];
+const TIMES: &[&str] =
+    &["One day", "One morning", "One sunny day", "One rainy afternoon", "One evening", "Last summer"];
 const WEATHER: &[&str] = &[
     "The sun was warm.",
     "The wind was blowing.",
@@ -107,14 +101,7 @@ const PLAYS: &[&str] = &[
     "read a story",
     "had a picnic",
 ];
-const FAMILY: &[&str] = &[
-    "mom",
-    "dad",
-    "grandma",
-    "grandpa",
-    "big sister",
-    "big brother",
-];
+const FAMILY: &[&str] = &["mom", "dad", "grandma", "grandpa", "big sister", "big brother"];
 const LESSONS: &[&str] = &[
     "that sharing makes everyone happy",
     "that it is good to ask for help",
@@ -162,101 +149,40 @@ fn story(rng: &mut Stream) -> String {
         "he" => "his",
         _ => "its",
     };
-    let article = if adj.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        "an"
-    } else {
-        "a"
-    };
+    let article = if adj.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
     let mut s = Vec::new();
     match rng::below(rng, 3) {
-        0 => s.push(format!(
-            "Once upon a time, there was {article} {adj} {kind} named {hero}."
-        )),
-        1 => s.push(format!(
-            "{hero} was {article} {adj} {kind} who lived near the {place}."
-        )),
-        _ => s.push(format!(
-            "There once was {article} {adj} {kind}. {} name was {hero}.",
-            cap(poss)
-        )),
+        0 => s.push(format!("Once upon a time, there was {article} {adj} {kind} named {hero}.")),
+        1 => s.push(format!("{hero} was {article} {adj} {kind} who lived near the {place}.")),
+        _ => s.push(format!("There once was {article} {adj} {kind}. {} name was {hero}.", cap(poss))),
     }
-    s.push(format!(
-        "{} had a {oadj} {obj}. {} loved it very much.",
-        cap(pron),
-        cap(pron)
-    ));
-    s.push(format!(
-        "{when}, {hero} went to the {place} with {poss} {obj}. {weather}"
-    ));
+    s.push(format!("{} had a {oadj} {obj}. {} loved it very much.", cap(pron), cap(pron)));
+    s.push(format!("{when}, {hero} went to the {place} with {poss} {obj}. {weather}"));
     match rng::below(rng, 3) {
         0 => {
-            s.push(format!(
-                "{hero} played and played. Then {pron} looked down. The {obj} was gone!"
-            ));
-            s.push(format!(
-                "{hero} felt {bad}. \"Where is my {obj}?\" {pron} said."
-            ));
-            s.push(format!(
-                "A {fkind} named {friend} saw {hero}. \"Why are you {bad}?\" asked {friend}."
-            ));
-            s.push(format!(
-                "\"I lost my {oadj} {obj},\" said {hero}. \"Can you help me find it?\""
-            ));
-            s.push(format!(
-                "\"Yes, I will help you,\" said {friend}. They looked everywhere."
-            ));
-            s.push(format!(
-                "At last {friend} found the {obj} {hide}. \"Here it is!\" {fpron} said."
-            ));
-            s.push(format!(
-                "{hero} was so {good}. \"Thank you, {friend}!\" Then they {play} together."
-            ));
+            s.push(format!("{hero} played and played. Then {pron} looked down. The {obj} was gone!"));
+            s.push(format!("{hero} felt {bad}. \"Where is my {obj}?\" {pron} said."));
+            s.push(format!("A {fkind} named {friend} saw {hero}. \"Why are you {bad}?\" asked {friend}."));
+            s.push(format!("\"I lost my {oadj} {obj},\" said {hero}. \"Can you help me find it?\""));
+            s.push(format!("\"Yes, I will help you,\" said {friend}. They looked everywhere."));
+            s.push(format!("At last {friend} found the {obj} {hide}. \"Here it is!\" {fpron} said."));
+            s.push(format!("{hero} was so {good}. \"Thank you, {friend}!\" Then they {play} together."));
         }
         1 => {
-            s.push(format!(
-                "At the {place}, {hero} met a {fkind} named {friend}. {friend} had no toys."
-            ));
-            s.push(format!(
-                "\"Do you want to play with my {obj}?\" asked {hero}."
-            ));
-            s.push(format!(
-                "\"Yes, please!\" said {friend}. {} was very {good}.",
-                cap(fpron)
-            ));
-            s.push(format!(
-                "They {play} all day. Later they walked to the {place2} and {play} again."
-            ));
-            s.push(format!(
-                "When the sun went down, {hero} went home to {poss} {fam}."
-            ));
-            s.push(format!(
-                "\"I made a new friend today,\" {pron} said. {} {fam} smiled.",
-                cap(poss)
-            ));
+            s.push(format!("At the {place}, {hero} met a {fkind} named {friend}. {friend} had no toys."));
+            s.push(format!("\"Do you want to play with my {obj}?\" asked {hero}."));
+            s.push(format!("\"Yes, please!\" said {friend}. {} was very {good}.", cap(fpron)));
+            s.push(format!("They {play} all day. Later they walked to the {place2} and {play} again."));
+            s.push(format!("When the sun went down, {hero} went home to {poss} {fam}."));
+            s.push(format!("\"I made a new friend today,\" {pron} said. {} {fam} smiled.", cap(poss)));
         }
         _ => {
-            s.push(format!(
-                "{hero} wanted to climb the {place2} hill, but {pron} was {bad}."
-            ));
-            s.push(format!(
-                "\"I am too small,\" said {hero}. {} {fam} held {poss} hand.",
-                cap(poss)
-            ));
-            s.push(format!(
-                "\"You can do it,\" said {} {fam}. \"Try one step at a time.\"",
-                poss
-            ));
-            s.push(format!(
-                "So {hero} tried. {} fell once, but {pron} got up and tried again.",
-                cap(pron)
-            ));
-            s.push(format!(
-                "At the top, {hero} saw a {oadj} {obj} {hide}. {} was very {good}.",
-                cap(pron)
-            ));
-            s.push(format!(
-                "{hero} showed it to {friend}, and they {play} together."
-            ));
+            s.push(format!("{hero} wanted to climb the {place2} hill, but {pron} was {bad}."));
+            s.push(format!("\"I am too small,\" said {hero}. {} {fam} held {poss} hand.", cap(poss)));
+            s.push(format!("\"You can do it,\" said {} {fam}. \"Try one step at a time.\"", poss));
+            s.push(format!("So {hero} tried. {} fell once, but {pron} got up and tried again.", cap(pron)));
+            s.push(format!("At the top, {hero} saw a {oadj} {obj} {hide}. {} was very {good}.", cap(pron)));
+            s.push(format!("{hero} showed it to {friend}, and they {play} together."));
         }
     }
     s.push(format!("That day, {hero} learned {lesson}."));
@@ -293,10 +219,7 @@ mod tests {
         assert!(a.len() >= 50_000);
         let stories: Vec<&str> = a.split(EOT).filter(|s| !s.trim().is_empty()).collect();
         let distinct: std::collections::BTreeSet<&str> = stories.iter().copied().collect();
-        assert!(
-            distinct.len() * 10 >= stories.len() * 9,
-            "stories repeat too often"
-        );
+        assert!(distinct.len() * 10 >= stories.len() * 9, "stories repeat too often");
         for name in ["Lily", "Tom", "\""] {
             assert!(a.contains(name));
         }

@@ -62,10 +62,7 @@ impl Prepared {
     pub fn load_tokens(&self, split: &str) -> Result<Vec<u16>> {
         let p = self.split_path(split);
         let bytes = fs::read(&p).at(&p)?;
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect())
+        Ok(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
     }
 }
 
@@ -118,10 +115,7 @@ fn corpus_text(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<(Str
             }
             let text = String::from_utf8(bytes)
                 .map_err(|e| Error::msg(format!("{} is not UTF-8 text: {e}", path.display())))?;
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             Ok((text, format!("{stem}-{}", &got[..12])))
         }
         other => Err(Error::msg(format!("unknown data.source {other:?}"))),
@@ -186,10 +180,7 @@ pub fn download(url: &str, dest: &Path, want_sha: &str, log: &dyn Fn(&str)) -> R
 /// Where train ends: the last `val_fraction` of bytes is validation, cut at a line start.
 pub fn split_point(text: &str, val_fraction: f64) -> usize {
     let raw = ((text.len() as f64) * (1.0 - val_fraction)).floor() as usize;
-    match text[..].as_bytes()[raw.min(text.len())..]
-        .iter()
-        .position(|&b| b == b'\n')
-    {
+    match text[..].as_bytes()[raw.min(text.len())..].iter().position(|&b| b == b'\n') {
         Some(i) => raw + i + 1,
         None => text.len(),
     }
@@ -208,14 +199,8 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
         )
         .as_bytes(),
     );
-    let dir =
-        data_dir
-            .join(&name)
-            .join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
-    let prepared = Prepared {
-        dir: dir.clone(),
-        meta: placeholder_meta(),
-    };
+    let dir = data_dir.join(&name).join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
+    let prepared = Prepared { dir: dir.clone(), meta: placeholder_meta() };
     if let Some(meta) = reusable(&prepared, &corpus_sha)? {
         log(&format!("reusing prepared data in {}", dir.display()));
         return Ok(Prepared { dir, meta });
@@ -230,9 +215,7 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
     let cut = split_point(&text, cfg.data.val_fraction);
     let (train_text, val_text) = text.split_at(cut);
     if val_text.is_empty() || train_text.is_empty() {
-        return Err(Error::msg(
-            "corpus too small to split into train and validation",
-        ));
+        return Err(Error::msg("corpus too small to split into train and validation"));
     }
     log(&format!(
         "training BPE tokenizer (vocab {}) on {} bytes",
@@ -252,11 +235,7 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
             bytes.extend_from_slice(&id.to_le_bytes());
         }
         write_atomic(&prepared.split_path(split), &bytes)?;
-        log(&format!(
-            "{split}: {} bytes -> {} tokens",
-            part.len(),
-            ids.len()
-        ));
+        log(&format!("{split}: {} bytes -> {} tokens", part.len(), ids.len()));
         splits.push(SplitMeta {
             tokens: ids.len() as u64,
             bytes: part.len() as u64,
@@ -283,11 +262,7 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
 }
 
 fn unreachable_split() -> SplitMeta {
-    SplitMeta {
-        tokens: 0,
-        bytes: 0,
-        sha256: String::new(),
-    }
+    SplitMeta { tokens: 0, bytes: 0, sha256: String::new() }
 }
 
 fn placeholder_meta() -> Meta {
@@ -340,9 +315,7 @@ pub fn batch_offsets(
 ) -> Vec<usize> {
     let mut r = rng::stream(seed, "batch", &format!("{step}/{micro}"));
     let span = (n_tokens - ctx - 1) as u64 + 1;
-    (0..batch)
-        .map(|_| rng::below(&mut r, span) as usize)
-        .collect()
+    (0..batch).map(|_| rng::below(&mut r, span) as usize).collect()
 }
 
 /// Start offsets of the fixed validation windows: evenly spaced over the split, no randomness.

@@ -9,16 +9,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Error {
     /// Every problem found in a config file, reported together.
     #[error("invalid config {}:\n{}", file.display(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Config {
-        file: PathBuf,
-        problems: Vec<String>,
-    },
+    Config { file: PathBuf, problems: Vec<String> },
 
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// A problem with user input (data, checkpoint, run directory) with a hint on how to fix it.
     #[error("{msg}\nhint: {hint}")]
@@ -39,10 +33,7 @@ impl Error {
         Error::Msg(m.into())
     }
     pub fn hint(msg: impl Into<String>, hint: impl Into<String>) -> Self {
-        Error::Hint {
-            msg: msg.into(),
-            hint: hint.into(),
-        }
+        Error::Hint { msg: msg.into(), hint: hint.into() }
     }
 }
 
@@ -53,9 +44,6 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
     fn at(self, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        self.map_err(|source| Error::Io { path: path.to_path_buf(), source })
     }
 }

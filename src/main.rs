@@ -111,22 +111,12 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Train {
-            config,
-            run_dir,
-            set,
-            resume,
-        } => {
+        Cmd::Train { config, run_dir, set, resume } => {
             let cfg = Config::load(&config, &set)?;
             threads::configure(cfg.threads());
             let run_dir = run_dir.unwrap_or_else(|| cfg.default_run_dir());
-            let resume = resume.map(|p| {
-                if p.is_empty() {
-                    Resume::Latest
-                } else {
-                    Resume::From(PathBuf::from(p))
-                }
-            });
+            let resume =
+                resume.map(|p| if p.is_empty() { Resume::Latest } else { Resume::From(PathBuf::from(p)) });
             let stop = stop_flag();
             let args = TrainArgs {
                 cfg,
@@ -141,7 +131,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Finished { step, val } => {
                     eprintln!(
                         "done: {step} steps; val loss {:.4}, perplexity {:.2}, {:.4} bits/byte; run in {}",
-                        val.loss, val.ppl, val.bpb, run_dir.display()
+                        val.loss,
+                        val.ppl,
+                        val.bpb,
+                        run_dir.display()
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -163,70 +156,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let p = tinylm::data::prepare(&cfg, std::path::Path::new(&cfg.data.dir), &say)?;
             let m = &p.meta;
             println!("prepared {}", p.dir.display());
-            println!(
-                "corpus    sha256 {} ({} bytes)",
-                m.corpus_sha256, m.corpus_bytes
-            );
+            println!("corpus    sha256 {} ({} bytes)", m.corpus_sha256, m.corpus_bytes);
             println!("tokenizer sha256 {}", m.tokenizer_sha256);
-            println!(
-                "train     sha256 {} ({} tokens)",
-                m.train.sha256, m.train.tokens
-            );
-            println!(
-                "val       sha256 {} ({} tokens)",
-                m.val.sha256, m.val.tokens
-            );
+            println!("train     sha256 {} ({} tokens)", m.train.sha256, m.train.tokens);
+            println!("val       sha256 {} ({} tokens)", m.val.sha256, m.val.tokens);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Sample {
-            checkpoint,
-            prompt,
-            tokens,
-            temperature,
-            top_k,
-            seed,
-        } => {
-            threads::configure(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-            );
-            let text = sample::run(&sample::SampleArgs {
-                checkpoint,
-                prompt,
-                tokens,
-                temperature,
-                top_k,
-                seed,
-            })?;
+        Cmd::Sample { checkpoint, prompt, tokens, temperature, top_k, seed } => {
+            threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let text =
+                sample::run(&sample::SampleArgs { checkpoint, prompt, tokens, temperature, top_k, seed })?;
             println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Verify {
-            run_dir,
-            from,
-            files_only,
-            scratch,
-            keep_scratch,
-            threads: n,
-        } => {
+        Cmd::Verify { run_dir, from, files_only, scratch, keep_scratch, threads: n } => {
             let cfg_path = run_dir.join(tinylm::checkpoint::CONFIG_FILE);
             let n = match n {
                 Some(n) => n,
-                None => Config::load(&cfg_path, &[])
-                    .map(|c| c.threads())
-                    .unwrap_or(1),
+                None => Config::load(&cfg_path, &[]).map(|c| c.threads()).unwrap_or(1),
             };
             threads::configure(n);
             let stop = stop_flag();
             let report = verify::verify(
-                &verify::VerifyArgs {
-                    run_dir,
-                    from,
-                    files_only,
-                    scratch,
-                    keep_scratch,
-                },
+                &verify::VerifyArgs { run_dir, from, files_only, scratch, keep_scratch },
                 &stop,
             )?;
             print!("{}", report.table());

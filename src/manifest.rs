@@ -118,25 +118,15 @@ impl Manifest {
         let text = std::fs::read_to_string(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::hint(
-                    format!(
-                        "{} not found: {} is not a tinylm run directory",
-                        p.display(),
-                        run_dir.display()
-                    ),
+                    format!("{} not found: {} is not a tinylm run directory", p.display(), run_dir.display()),
                     "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
                 )
             } else {
-                Error::Io {
-                    path: p.clone(),
-                    source: e,
-                }
+                Error::Io { path: p.clone(), source: e }
             }
         })?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::hint(
-                format!("{}: unreadable manifest: {e}", p.display()),
-                "the run directory is damaged",
-            )
+            Error::hint(format!("{}: unreadable manifest: {e}", p.display()), "the run directory is damaged")
         })?;
         if m.format_version != FORMAT_VERSION {
             return Err(Error::msg(format!(
@@ -166,10 +156,7 @@ mod tests {
     #[test]
     fn lock_version_finds_candle() {
         let lock = "[[package]]\nname = \"candle-core\"\nversion = \"0.11.1\"\n";
-        assert_eq!(
-            super::lock_version(lock, "candle-core").as_deref(),
-            Some("0.11.1")
-        );
+        assert_eq!(super::lock_version(lock, "candle-core").as_deref(), Some("0.11.1"));
         assert_eq!(super::build_info().candle_version, "0.11.1");
     }
 }

@@ -84,9 +84,7 @@ impl Llama {
                     0.02
                 };
                 let mut r = rng::stream(seed, "init", &name);
-                (0..n)
-                    .map(|_| (rng::normal(&mut r) as f64 * std) as f32)
-                    .collect()
+                (0..n).map(|_| (rng::normal(&mut r) as f64 * std) as f32).collect()
             };
             let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
             params.insert(name, Var::from_tensor(&t)?);
@@ -95,15 +93,13 @@ impl Llama {
     }
 
     /// Weights from named tensors (a checkpoint), checking names and shapes.
-    pub fn from_tensors(
-        dims: Dims,
-        tensors: &BTreeMap<String, Tensor>,
-        origin: &str,
-    ) -> Result<Llama> {
+    pub fn from_tensors(dims: Dims, tensors: &BTreeMap<String, Tensor>, origin: &str) -> Result<Llama> {
         let mut params = BTreeMap::new();
         for (name, shape) in dims.param_shapes() {
             let t = tensors.get(&name).ok_or_else(|| {
-                Error::msg(format!("{origin}: missing tensor {name}; the checkpoint does not match the model config"))
+                Error::msg(format!(
+                    "{origin}: missing tensor {name}; the checkpoint does not match the model config"
+                ))
             })?;
             if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
                 return Err(Error::msg(format!(
@@ -118,10 +114,7 @@ impl Llama {
     }
 
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
+        self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
     }
 
     pub fn num_params(&self) -> usize {
@@ -142,9 +135,7 @@ impl Llama {
         let (cos, sin) = rope_tables(t, d.head_dim(), d.rope_theta)?; // (T, Dh) each
         let mask = causal_mask(t)?; // (T, T)
         let emb = self.p("model.embed_tokens.weight")?;
-        let mut x = emb
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, d.d_model))?; // (B, T, C)
+        let mut x = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, d.d_model))?; // (B, T, C)
         for i in 0..d.n_layer {
             let p = |s: &str| self.p(&format!("model.layers.{i}.{s}.weight"));
             let h = rms_norm(&x, p("input_layernorm")?, d.norm_eps)?;
@@ -174,10 +165,7 @@ impl Llama {
         let p = |s: &str| self.p(&format!("model.layers.{layer}.self_attn.{s}.weight"));
         // (B, T, C) -> (B, H, T, Dh)
         let heads = |w: &Tensor| -> Result<Tensor> {
-            Ok(linear(x, w)?
-                .reshape((b, t, h, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(linear(x, w)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = apply_rope(&heads(p("q_proj")?)?, cos, sin)?;
         let k = apply_rope(&heads(p("k_proj")?)?, cos, sin)?;
@@ -194,9 +182,7 @@ impl Llama {
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let out = w.dim(0)?;
-    Ok(x.reshape((b * t, i))?
-        .matmul(&w.t()?)?
-        .reshape((b, t, out))?)
+    Ok(x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, out))?)
 }
 
 /// x / sqrt(mean(x^2) + eps) * w, composed of differentiable ops.
@@ -215,15 +201,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// (T, T) additive mask: 0 on and below the diagonal, -inf above.
 fn causal_mask(t: usize) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let data: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
     Ok(Tensor::from_vec(data, (t, t), &Device::Cpu)?)
 }
 
@@ -240,10 +218,7 @@ fn rope_tables(t: usize, hd: usize, theta: f64) -> Result<(Tensor, Tensor)> {
             sin.push(a.sin() as f32);
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (t, hd), &Device::Cpu)?,
-        Tensor::from_vec(sin, (t, hd), &Device::Cpu)?,
-    ))
+    Ok((Tensor::from_vec(cos, (t, hd), &Device::Cpu)?, Tensor::from_vec(sin, (t, hd), &Device::Cpu)?))
 }
 
 /// x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1). x: (B, H, T, Dh).
@@ -278,24 +253,13 @@ mod tests {
     use super::*;
 
     fn tiny() -> Dims {
-        Dims {
-            vocab: 50,
-            n_layer: 2,
-            n_head: 2,
-            d_model: 16,
-            d_ff: 24,
-            rope_theta: 10000.0,
-            norm_eps: 1e-5,
-        }
+        Dims { vocab: 50, n_layer: 2, n_head: 2, d_model: 16, d_ff: 24, rope_theta: 10000.0, norm_eps: 1e-5 }
     }
 
     fn batch() -> (Tensor, Tensor) {
         let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 7 % 50) as u32).collect();
         let t = Tensor::from_vec(ids, (2, 9), &Device::Cpu).unwrap();
-        (
-            t.narrow(1, 0, 8).unwrap().contiguous().unwrap(),
-            t.narrow(1, 1, 8).unwrap().flatten_all().unwrap(),
-        )
+        (t.narrow(1, 0, 8).unwrap().contiguous().unwrap(), t.narrow(1, 1, 8).unwrap().flatten_all().unwrap())
     }
 
     #[test]
@@ -306,16 +270,8 @@ mod tests {
         let loss = cross_entropy(&logits.flatten_to(1).unwrap(), &y).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &m.params {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}"));
-            let n = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(n > 0.0 && n.is_finite(), "{name}: grad norm^2 {n}");
         }
     }
@@ -325,18 +281,8 @@ mod tests {
         let a = Llama::init(tiny(), 3).unwrap();
         let b = Llama::init(tiny(), 3).unwrap();
         for (name, v) in &a.params {
-            let x = v
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let y = b.params[name]
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let x = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let y = b.params[name].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(x, y, "{name}");
         }
         let (x, y) = batch();
@@ -351,24 +297,10 @@ mod tests {
         let m = Llama::init(tiny(), 1).unwrap();
         let a = Tensor::new(&[[1u32, 2, 3, 4, 5]], &Device::Cpu).unwrap();
         let b = Tensor::new(&[[1u32, 2, 3, 9, 9]], &Device::Cpu).unwrap();
-        let la = m
-            .forward(&a)
-            .unwrap()
-            .narrow(1, 0, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let lb = m
-            .forward(&b)
-            .unwrap()
-            .narrow(1, 0, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let prefix = |ids: &Tensor| {
+            m.forward(ids).unwrap().narrow(1, 0, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (la, lb) = (prefix(&a), prefix(&b));
         assert_eq!(la, lb);
     }
 
@@ -380,12 +312,7 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 2, 4))
             .unwrap();
-        let out = apply_rope(&q, &cos, &sin)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let out = apply_rope(&q, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&out[..4], &[1., 2., 3., 4.]); // position 0 is unrotated
         let (a0, a1) = (1.0f64, 1.0f64 / 100.0); // inv_freq = [1, 10000^(-1/2)]
         let want = [

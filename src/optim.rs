@@ -53,13 +53,10 @@ impl AdamW {
         let bc1 = 1.0 - o.beta1.powi(t);
         let bc2 = 1.0 - o.beta2.powi(t);
         for (name, p) in params {
-            let g = grads
-                .get(name)
-                .ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
+            let g = grads.get(name).ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
             let m = (self.m[name].affine(o.beta1, 0.0)? + g.affine(1.0 - o.beta1, 0.0)?)?;
             let v = (self.v[name].affine(o.beta2, 0.0)? + g.sqr()?.affine(1.0 - o.beta2, 0.0)?)?;
-            let update =
-                (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + o.eps)?)?;
+            let update = (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + o.eps)?)?;
             let mut w = p.as_tensor().clone();
             // Decoupled decay on matrices only; norm gains (1-D) are not decayed.
             if p.rank() >= 2 && o.weight_decay > 0.0 {
@@ -79,10 +76,7 @@ impl AdamW {
             out.insert(format!("{name}.exp_avg"), m.clone());
             out.insert(format!("{name}.exp_avg_sq"), self.v[name].clone());
         }
-        out.insert(
-            "step".into(),
-            Tensor::new(&[self.step as i64], &Device::Cpu)?,
-        );
+        out.insert("step".into(), Tensor::new(&[self.step as i64], &Device::Cpu)?);
         Ok(out)
     }
 
@@ -92,15 +86,11 @@ impl AdamW {
         st: &BTreeMap<String, Tensor>,
         origin: &str,
     ) -> Result<AdamW> {
-        let get = |k: &str| {
-            st.get(k)
-                .ok_or_else(|| Error::msg(format!("{origin}: missing optimizer tensor {k}")))
-        };
+        let get =
+            |k: &str| st.get(k).ok_or_else(|| Error::msg(format!("{origin}: missing optimizer tensor {k}")));
         let step_t = get("step")?;
         if step_t.dtype() != DType::I64 || step_t.elem_count() != 1 {
-            return Err(Error::msg(format!(
-                "{origin}: optimizer `step` must be one i64"
-            )));
+            return Err(Error::msg(format!("{origin}: optimizer `step` must be one i64")));
         }
         let step = step_t.flatten_all()?.to_vec1::<i64>()?[0] as u64;
         let mut m = BTreeMap::new();
@@ -148,12 +138,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> OptimConfig {
-        OptimConfig {
-            lr: 1e-3,
-            min_lr: 1e-4,
-            warmup_steps: 10,
-            ..OptimConfig::default()
-        }
+        OptimConfig { lr: 1e-3, min_lr: 1e-4, warmup_steps: 10, ..OptimConfig::default() }
     }
 
     #[test]
@@ -162,10 +147,7 @@ mod tests {
         assert!((lr_at(0, &o, 100) - 1e-4).abs() < 1e-12);
         assert!((lr_at(9, &o, 100) - 1e-3).abs() < 1e-12);
         assert!((lr_at(10, &o, 100) - 1e-3).abs() < 1e-12);
-        assert!(
-            (lr_at(55, &o, 100) - 5.5e-4).abs() < 1e-9,
-            "midpoint of the cosine"
-        );
+        assert!((lr_at(55, &o, 100) - 5.5e-4).abs() < 1e-9, "midpoint of the cosine");
         assert!((lr_at(100, &o, 100) - 1e-4).abs() < 1e-12);
         assert!((lr_at(500, &o, 100) - 1e-4).abs() < 1e-12);
         let lrs: Vec<f64> = (10..100).map(|s| lr_at(s, &o, 100)).collect();
@@ -176,37 +158,19 @@ mod tests {
     fn adamw_matches_a_hand_computed_step() {
         // First step of AdamW: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps),
         // plus decoupled decay w * (1 - lr * wd) for matrices.
-        let o = OptimConfig {
-            weight_decay: 0.5,
-            eps: 1e-8,
-            ..OptimConfig::default()
-        };
+        let o = OptimConfig { weight_decay: 0.5, eps: 1e-8, ..OptimConfig::default() };
         let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap()).unwrap();
         let gain = Var::from_tensor(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap()).unwrap();
-        let params: BTreeMap<String, Var> = [
-            ("w".to_string(), w.clone()),
-            ("g".to_string(), gain.clone()),
-        ]
-        .into();
+        let params: BTreeMap<String, Var> =
+            [("w".to_string(), w.clone()), ("g".to_string(), gain.clone())].into();
         let grads: BTreeMap<String, Tensor> = [
-            (
-                "w".to_string(),
-                Tensor::new(&[[0.5f32, -0.25]], &Device::Cpu).unwrap(),
-            ),
-            (
-                "g".to_string(),
-                Tensor::new(&[2.0f32], &Device::Cpu).unwrap(),
-            ),
+            ("w".to_string(), Tensor::new(&[[0.5f32, -0.25]], &Device::Cpu).unwrap()),
+            ("g".to_string(), Tensor::new(&[2.0f32], &Device::Cpu).unwrap()),
         ]
         .into();
         let mut opt = AdamW::new(&params).unwrap();
         opt.update(&params, &grads, 0.1, &o).unwrap();
-        let got = w
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let got = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = [1.0 * (1.0 - 0.05) - 0.1, -2.0 * (1.0 - 0.05) + 0.1];
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
@@ -222,11 +186,8 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut g: BTreeMap<String, Tensor> = [(
-            "a".to_string(),
-            Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap(),
-        )]
-        .into();
+        let mut g: BTreeMap<String, Tensor> =
+            [("a".to_string(), Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())].into();
         let n = clip(&mut g, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-6);
         assert!((grad_norm(&g).unwrap() - 1.0).abs() < 1e-5);

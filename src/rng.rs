@@ -47,13 +47,8 @@ mod tests {
 
     #[test]
     fn streams_are_pure_functions_of_their_key() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| below(&mut stream(1, "batch", "7"), 1000))
-            .collect();
-        assert!(
-            a.windows(2).all(|w| w[0] == w[1]),
-            "same key gives the same first draw"
-        );
+        let a: Vec<u64> = (0..4).map(|_| below(&mut stream(1, "batch", "7"), 1000)).collect();
+        assert!(a.windows(2).all(|w| w[0] == w[1]), "same key gives the same first draw");
         let mut s1 = stream(1, "batch", "7");
         let mut s2 = stream(1, "batch", "8");
         let x: Vec<u64> = (0..8).map(|_| below(&mut s1, 1 << 40)).collect();

@@ -22,10 +22,7 @@ pub fn pick(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Stream) ->
         idx.truncate(top_k);
     }
     let max = logits[idx[0]] as f64;
-    let weights: Vec<f64> = idx
-        .iter()
-        .map(|&i| ((logits[i] as f64 - max) / temperature).exp())
-        .collect();
+    let weights: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / temperature).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng::unit(rng) * total;
     for (k, w) in weights.iter().enumerate() {
@@ -57,10 +54,7 @@ pub fn generate(
         let window = &ids[ids.len().saturating_sub(ctx)..];
         let x = Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?; // (1, T)
         let logits = model.forward(&x)?; // (1, T, V)
-        let last = logits
-            .narrow(1, window.len() - 1, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let last = logits.narrow(1, window.len() - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
         let next = pick(&last, temperature, top_k, rng);
         if next == tok.eot() {
             break;
@@ -92,10 +86,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     match checkpoint::list(path)?.pop() {
         Some((_, dir)) => Ok(dir),
         None => Err(Error::hint(
-            format!(
-                "{} is neither a checkpoint nor a run directory with checkpoints",
-                path.display()
-            ),
+            format!("{} is neither a checkpoint nor a run directory with checkpoints", path.display()),
             "pass a step-NNNNNNNN directory, e.g. checkpoints/tiny/step-00000600",
         )),
     }
@@ -108,11 +99,7 @@ pub fn load_model(dir: &Path) -> Result<(Config, Llama, Tok)> {
     checkpoint::read_checked(dir, &loaded.state, TOKENIZER_FILE)?;
     let tok = Tok::from_file(&dir.join(TOKENIZER_FILE))?;
     let dims = Dims::new(&cfg.model, tok.vocab_size());
-    let model = Llama::from_tensors(
-        dims,
-        &loaded.model,
-        &dir.join(MODEL_FILE).display().to_string(),
-    )?;
+    let model = Llama::from_tensors(dims, &loaded.model, &dir.join(MODEL_FILE).display().to_string())?;
     Ok((cfg, model, tok))
 }
 
@@ -120,16 +107,7 @@ pub fn run(a: &SampleArgs) -> Result<String> {
     let dir = resolve_checkpoint(&a.checkpoint)?;
     let (cfg, model, tok) = load_model(&dir)?;
     let mut r = rng::stream(a.seed, "sample-cli", "");
-    generate(
-        &model,
-        &tok,
-        &a.prompt,
-        a.tokens,
-        a.temperature,
-        a.top_k,
-        cfg.train.context as usize,
-        &mut r,
-    )
+    generate(&model, &tok, &a.prompt, a.tokens, a.temperature, a.top_k, cfg.train.context as usize, &mut r)
 }
 
 #[cfg(test)]

@@ -9,7 +9,5 @@ pub fn configure(threads: usize) {
     // SAFETY-free in edition 2021; called once at start-up before other threads exist.
     std::env::set_var("CANDLE_NUM_THREADS", "1");
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }

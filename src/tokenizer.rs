@@ -31,8 +31,7 @@ pub fn train(text: &str, vocab_size: usize) -> Result<String> {
         .into();
     let lines = text.split(EOT).flat_map(|doc| doc.split_inclusive('\n'));
     tok.train(&mut trainer, lines).map_err(tk_err)?;
-    tok.add_special_tokens([AddedToken::from(EOT, true)])
-        .map_err(tk_err)?;
+    tok.add_special_tokens([AddedToken::from(EOT, true)]).map_err(tk_err)?;
     tok.to_string(true).map_err(tk_err)
 }
 
@@ -57,21 +56,13 @@ impl Tok {
         for (token, id) in inner.get_vocab(true) {
             // Byte-level tokens spell one char per byte; the special token spells itself.
             if let Some(slot) = byte_len.get_mut(id as usize) {
-                *slot = if token == EOT {
-                    EOT.len() as u32
-                } else {
-                    token.chars().count() as u32
-                };
+                *slot = if token == EOT { EOT.len() as u32 } else { token.chars().count() as u32 };
             }
         }
         let eot = inner
             .token_to_id(EOT)
             .ok_or_else(|| Error::msg(format!("{}: no {EOT} token", path.display())))?;
-        Ok(Tok {
-            inner,
-            byte_len,
-            eot,
-        })
+        Ok(Tok { inner, byte_len, eot })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -107,10 +98,7 @@ impl Tok {
             start = end;
         }
         let encs = self.inner.encode_batch(pieces, false).map_err(tk_err)?;
-        Ok(encs
-            .iter()
-            .flat_map(|e| e.get_ids().iter().copied())
-            .collect())
+        Ok(encs.iter().flat_map(|e| e.get_ids().iter().copied()).collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -136,18 +124,10 @@ mod tests {
         assert_eq!(tok.vocab_size(), 400);
         let sample = &text[..2000];
         let ids = tok.encode(sample).unwrap();
-        assert!(
-            ids.len() < sample.len() / 2,
-            "BPE should compress: {} ids",
-            ids.len()
-        );
+        assert!(ids.len() < sample.len() / 2, "BPE should compress: {} ids", ids.len());
         assert_eq!(tok.decode(&ids).unwrap(), sample);
         let bytes: u64 = ids.iter().map(|&i| tok.byte_len(i) as u64).sum();
-        assert_eq!(
-            bytes,
-            sample.len() as u64,
-            "byte lengths must add up to the text"
-        );
+        assert_eq!(bytes, sample.len() as u64, "byte lengths must add up to the text");
         assert!(ids.contains(&tok.eot()));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -64,18 +64,10 @@ pub fn evaluate(model: &Llama, val: &[u16], tok: &Tok, cfg: &Config) -> Result<E
         let losses = model::token_losses(&logits, &y)?;
         nats += losses.iter().map(|&l| l as f64).sum::<f64>();
         tokens += losses.len() as u64;
-        bytes += y
-            .to_vec1::<u32>()?
-            .iter()
-            .map(|&id| tok.byte_len(id) as u64)
-            .sum::<u64>();
+        bytes += y.to_vec1::<u32>()?.iter().map(|&id| tok.byte_len(id) as u64).sum::<u64>();
     }
     let loss = nats / tokens as f64;
-    Ok(EvalResult {
-        loss,
-        ppl: loss.exp(),
-        bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64,
-    })
+    Ok(EvalResult { loss, ppl: loss.exp(), bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64 })
 }
 
 /// Inputs (B, T) and flattened targets (B*T) for windows starting at `offsets`.
@@ -101,19 +93,17 @@ pub fn incompatible(old: &Config, new: &Config) -> Vec<(String, String, String)>
         .into_iter()
         .filter(|k| !is_result_neutral(k))
         .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            (
-                k.clone(),
-                a.get(k).unwrap_or(&none).clone(),
-                b.get(k).unwrap_or(&none).clone(),
-            )
-        })
+        .map(|k| (k.clone(), a.get(k).unwrap_or(&none).clone(), b.get(k).unwrap_or(&none).clone()))
         .collect();
     if old.schedule_steps() != new.schedule_steps() {
         out.push((
             "schedule length (optim.schedule_steps, or train.steps when it is 0)".into(),
             old.schedule_steps().to_string(),
-            format!("{} (to stop or extend without changing the schedule, add --set optim.schedule_steps={})", new.schedule_steps(), old.schedule_steps()),
+            format!(
+                "{} (to stop or extend without changing the schedule, add --set optim.schedule_steps={})",
+                new.schedule_steps(),
+                old.schedule_steps()
+            ),
         ));
     }
     out
@@ -176,24 +166,14 @@ impl Run<'_> {
     /// Apply the retention policy; a directory is renamed away before it is removed so a crash
     /// mid-delete never leaves a partial `step-*` directory.
     fn retain(&mut self) -> Result<()> {
-        let steps: Vec<u64> = checkpoint::list(self.dir)?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let steps: Vec<u64> = checkpoint::list(self.dir)?.into_iter().map(|(s, _)| s).collect();
         let c = &self.cfg.checkpoint;
         for step in checkpoint::to_delete(&steps, c.keep_last, c.keep_every) {
             let d = self.dir.join(checkpoint::dir_name(step));
-            let gone = self
-                .dir
-                .join(format!(".del-{}", checkpoint::dir_name(step)));
+            let gone = self.dir.join(format!(".del-{}", checkpoint::dir_name(step)));
             fs::rename(&d, &gone).at(&d)?;
             fs::remove_dir_all(&gone).at(&gone)?;
-            for r in self
-                .manifest
-                .checkpoints
-                .iter_mut()
-                .filter(|r| r.step == step)
-            {
+            for r in self.manifest.checkpoints.iter_mut().filter(|r| r.step == step) {
                 r.present = false;
             }
         }
@@ -227,39 +207,33 @@ fn create_run_dir(dir: &Path) -> Result<()> {
 }
 
 /// Find and check the checkpoint to resume from.
-fn load_resume(
-    r: &Resume,
-    run_dir: &Path,
-    cfg: &Config,
-    prepared: &Prepared,
-) -> Result<checkpoint::Loaded> {
-    let dir =
-        match r {
-            Resume::From(p) => p.clone(),
-            Resume::Latest => match checkpoint::list(run_dir)?.pop() {
-                Some((_, d)) => d,
-                None => return Err(Error::hint(
-                    format!(
-                        "no complete checkpoint in {} to resume from",
-                        run_dir.display()
-                    ),
+fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) -> Result<checkpoint::Loaded> {
+    let dir = match r {
+        Resume::From(p) => p.clone(),
+        Resume::Latest => match checkpoint::list(run_dir)?.pop() {
+            Some((_, d)) => d,
+            None => {
+                return Err(Error::hint(
+                    format!("no complete checkpoint in {} to resume from", run_dir.display()),
                     "start without --resume, or pass --resume PATH to a step-NNNNNNNN directory",
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let loaded = checkpoint::load(&dir)?;
     // The manifest's record of this checkpoint must match the files (tampering or a mix-up).
     if let Ok(m) = Manifest::load(run_dir) {
-        if let Some(rec) = m
-            .checkpoints
-            .iter()
-            .find(|c| c.step == loaded.state.step && run_dir.join(&c.dir) == dir)
+        if let Some(rec) =
+            m.checkpoints.iter().find(|c| c.step == loaded.state.step && run_dir.join(&c.dir) == dir)
         {
             for (name, want) in &rec.files {
                 let got = crate::util::sha256_file(&dir.join(name))?;
                 if &got != want {
                     return Err(Error::hint(
-                        format!("{}: sha256 {got} does not match the run manifest ({want})", dir.join(name).display()),
+                        format!(
+                            "{}: sha256 {got} does not match the run manifest ({want})",
+                            dir.join(name).display()
+                        ),
                         "the checkpoint was modified after it was written; resume from another checkpoint",
                     ));
                 }
@@ -275,9 +249,7 @@ fn load_resume(
     for (k, want) in &loaded.state.data {
         let got = now.get(k).cloned().unwrap_or_default();
         if &got != want {
-            diffs.push(format!(
-                "  data {k} sha256: checkpoint has {want}, now {got}"
-            ));
+            diffs.push(format!("  data {k} sha256: checkpoint has {want}, now {got}"));
         }
     }
     if !diffs.is_empty() {
@@ -327,26 +299,16 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             "pass --resume to continue that run, or --run-dir DIR (or --set run.name=NAME) to start a new one",
         ));
     }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&cfg.data.dir));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(&cfg.data.dir));
     let prepared = data::prepare(cfg, &data_dir, &say)?;
     let tok = Tok::from_file(&prepared.tokenizer_path())?;
     let train_tokens = prepared.load_tokens("train")?;
     let val_tokens = prepared.load_tokens("val")?;
-    let (b, t, accum) = (
-        cfg.train.batch_size as usize,
-        cfg.train.context as usize,
-        cfg.train.grad_accum,
-    );
+    let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
     for (split, n) in [("train", train_tokens.len()), ("val", val_tokens.len())] {
         if n < t + 2 {
             return Err(Error::hint(
-                format!(
-                    "the {split} split has {n} tokens, fewer than train.context + 2 = {}",
-                    t + 2
-                ),
+                format!("the {split} split has {n} tokens, fewer than train.context + 2 = {}", t + 2),
                 "use a larger corpus or a smaller train.context",
             ));
         }
@@ -370,10 +332,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
                     opt.step, loaded.state.step
                 )));
             }
-            say(&format!(
-                "resuming from {origin} at step {}",
-                loaded.state.step
-            ));
+            say(&format!("resuming from {origin} at step {}", loaded.state.step));
             (model, opt, loaded.state.step)
         }
         None => {
@@ -406,13 +365,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         overrides: args.overrides.clone(),
     });
     manifest.save(&args.run_dir)?;
-    let mut run = Run {
-        cfg,
-        dir: &args.run_dir,
-        config_bytes,
-        tokenizer_bytes,
-        manifest,
-    };
+    let mut run = Run { cfg, dir: &args.run_dir, config_bytes, tokenizer_bytes, manifest };
 
     let metrics_path = args.run_dir.join(METRICS_FILE);
     if start == 0 {
@@ -420,11 +373,8 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     } else {
         truncate_metrics(&metrics_path, start)?;
     }
-    let mut metrics = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&metrics_path)
-        .at(&metrics_path)?;
+    let mut metrics =
+        fs::OpenOptions::new().append(true).create(true).open(&metrics_path).at(&metrics_path)?;
 
     let steps = cfg.train.steps;
     let total = cfg.schedule_steps();
@@ -436,10 +386,8 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     let bar = (args.verbose && std::io::stderr().is_terminal()).then(|| {
         let pb = ProgressBar::new(steps);
         pb.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb.set_position(start);
         pb
@@ -533,10 +481,9 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
                 pb.set_position(done);
                 pb.set_message(status);
             }
-            None if done % cfg.train.log_every == 0 || last => say(&format!(
-                "step {done}/{steps} | {status} | eta {}",
-                fmt_secs(eta)
-            )),
+            None if done % cfg.train.log_every == 0 || last => {
+                say(&format!("step {done}/{steps} | {status} | eta {}", fmt_secs(eta)))
+            }
             None => {}
         }
 
@@ -545,23 +492,14 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             || (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0)
             || args.extra_checkpoints.contains(&done);
         if due || interrupted {
-            let dir = run.checkpoint(
-                done,
-                &model,
-                &opt,
-                train_loss,
-                val_loss,
-                !args.extra_checkpoints.is_empty(),
-            )?;
+            let dir =
+                run.checkpoint(done, &model, &opt, train_loss, val_loss, !args.extra_checkpoints.is_empty())?;
             log(&format!("checkpoint {}", dir.display()));
             if interrupted && !last {
                 if let Some(pb) = &bar {
                     pb.abandon();
                 }
-                return Ok(Outcome::Interrupted {
-                    step: done,
-                    checkpoint: dir,
-                });
+                return Ok(Outcome::Interrupted { step: done, checkpoint: dir });
             }
         }
     }

@@ -32,10 +32,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// A sibling temp path unique to this process, so concurrent writers never share one.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
 
@@ -61,11 +58,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// fsync a directory so a rename inside it is durable. Best effort: some filesystems refuse.
 pub fn sync_dir(dir: Option<&Path>) {
     if let Some(d) = dir {
-        let d = if d.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            d
-        };
+        let d = if d.as_os_str().is_empty() { Path::new(".") } else { d };
         if let Ok(f) = fs::File::open(d) {
             let _ = f.sync_all();
         }
@@ -79,10 +72,7 @@ mod tests {
     #[test]
     fn sha256_matches_known_vector() {
         // NIST FIPS 180-2 example: SHA-256("abc").
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -92,10 +82,7 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         fs::remove_dir_all(&dir).unwrap();
     }

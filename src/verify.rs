@@ -58,17 +58,8 @@ impl Report {
                 h.to_string()
             }
         };
-        let w = self
-            .rows
-            .iter()
-            .map(|r| r.artifact.len())
-            .max()
-            .unwrap_or(8)
-            .max(8);
-        let mut s = format!(
-            "{:<w$}  {:<16}  {:<16}  match\n",
-            "artifact", "recorded", "recomputed"
-        );
+        let w = self.rows.iter().map(|r| r.artifact.len()).max().unwrap_or(8).max(8);
+        let mut s = format!("{:<w$}  {:<16}  {:<16}  match\n", "artifact", "recorded", "recomputed");
         for r in &self.rows {
             s += &format!(
                 "{:<w$}  {:<16}  {:<16}  {}\n",
@@ -114,38 +105,20 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
 
 /// The first tensor (in sorted name order) that differs between two model files.
 fn first_difference(a: &Path, b: &Path) -> Option<String> {
-    let load = |p: &Path| {
-        fs::read(p)
-            .ok()
-            .and_then(|bytes| checkpoint::from_safetensors(&bytes, p).ok())
-    };
+    let load = |p: &Path| fs::read(p).ok().and_then(|bytes| checkpoint::from_safetensors(&bytes, p).ok());
     let (x, y) = (load(a)?, load(b)?);
     for (name, ta) in &x {
         let Some(tb) = y.get(name) else {
-            return Some(format!(
-                "tensor {name} is missing from the recomputed weights"
-            ));
+            return Some(format!("tensor {name} is missing from the recomputed weights"));
         };
         if ta.dims() != tb.dims() {
-            return Some(format!(
-                "tensor {name}: shape {:?} vs {:?}",
-                ta.dims(),
-                tb.dims()
-            ));
+            return Some(format!("tensor {name}: shape {:?} vs {:?}", ta.dims(), tb.dims()));
         }
-        let (va, vb) = (
-            ta.flatten_all().ok()?.to_vec1::<f32>().ok()?,
-            tb.flatten_all().ok()?.to_vec1::<f32>().ok()?,
-        );
+        let (va, vb) =
+            (ta.flatten_all().ok()?.to_vec1::<f32>().ok()?, tb.flatten_all().ok()?.to_vec1::<f32>().ok()?);
         if va.iter().zip(&vb).any(|(p, q)| p.to_bits() != q.to_bits()) {
-            let max = va
-                .iter()
-                .zip(&vb)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            return Some(format!(
-                "tensor {name}, largest absolute difference {max:e}"
-            ));
+            let max = va.iter().zip(&vb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            return Some(format!("tensor {name}, largest absolute difference {max:e}"));
         }
     }
     None
@@ -155,16 +128,14 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     let m = Manifest::load(&a.run_dir)?;
     let mut rows = check_files(&a.run_dir, &m);
     if a.files_only {
-        return Ok(Report {
-            rows,
-            divergence: None,
-        });
+        return Ok(Report { rows, divergence: None });
     }
     let cfg_path = a.run_dir.join(checkpoint::CONFIG_FILE);
     let cfg = Config::load(&cfg_path, &[])?;
-    let scratch = a.scratch.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("tinylm-verify-{}", std::process::id()))
-    });
+    let scratch = a
+        .scratch
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tinylm-verify-{}", std::process::id())));
     if scratch.exists() {
         fs::remove_dir_all(&scratch).at(&scratch)?;
     }
@@ -174,29 +145,23 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     let resume = match a.from {
         None => None,
         Some(step) => {
-            let rec = m
-                .checkpoints
-                .iter()
-                .find(|c| c.step == step && c.present)
-                .ok_or_else(|| {
-                    let have: Vec<String> = m
-                        .checkpoints
-                        .iter()
-                        .filter(|c| c.present)
-                        .map(|c| c.step.to_string())
-                        .collect();
-                    Error::hint(
-                        format!("no checkpoint at step {step} in {}", a.run_dir.display()),
-                        format!("--from takes one of: {}", have.join(", ")),
-                    )
-                })?;
-            let bad: Vec<&Row> = rows
-                .iter()
-                .filter(|r| r.artifact.starts_with(&format!("{}/", rec.dir)) && !r.ok())
-                .collect();
+            let rec = m.checkpoints.iter().find(|c| c.step == step && c.present).ok_or_else(|| {
+                let have: Vec<String> =
+                    m.checkpoints.iter().filter(|c| c.present).map(|c| c.step.to_string()).collect();
+                Error::hint(
+                    format!("no checkpoint at step {step} in {}", a.run_dir.display()),
+                    format!("--from takes one of: {}", have.join(", ")),
+                )
+            })?;
+            let bad: Vec<&Row> =
+                rows.iter().filter(|r| r.artifact.starts_with(&format!("{}/", rec.dir)) && !r.ok()).collect();
             if !bad.is_empty() {
                 return Err(Error::hint(
-                    format!("checkpoint {} does not match the manifest ({}), so it cannot be the starting point", rec.dir, bad.iter().map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "checkpoint {} does not match the manifest ({}), so it cannot be the starting point",
+                        rec.dir,
+                        bad.iter().map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
                     "verify from scratch (drop --from) or from another checkpoint",
                 ));
             }
@@ -232,27 +197,11 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     let (d0, d1) = (&m.data, &again.data);
     for (name, x, y) in [
         ("data: corpus", &d0.corpus_sha256, &d1.corpus_sha256),
-        (
-            "data: tokenizer.json",
-            &d0.tokenizer_sha256,
-            &d1.tokenizer_sha256,
-        ),
-        (
-            "data: train tokens",
-            &d0.train_tokens_sha256,
-            &d1.train_tokens_sha256,
-        ),
-        (
-            "data: val tokens",
-            &d0.val_tokens_sha256,
-            &d1.val_tokens_sha256,
-        ),
+        ("data: tokenizer.json", &d0.tokenizer_sha256, &d1.tokenizer_sha256),
+        ("data: train tokens", &d0.train_tokens_sha256, &d1.train_tokens_sha256),
+        ("data: val tokens", &d0.val_tokens_sha256, &d1.val_tokens_sha256),
     ] {
-        rows.push(Row {
-            artifact: name.into(),
-            recorded: x.clone(),
-            recomputed: y.clone(),
-        });
+        rows.push(Row { artifact: name.into(), recorded: x.clone(), recomputed: y.clone() });
     }
     let mut divergence = None;
     for c in recorded {
@@ -271,10 +220,9 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     Some(d) => {
                         format!("step {}: {}/{name} vs the re-execution: {d}", c.step, c.dir)
                     }
-                    None => format!(
-                        "step {} (the original weights are not on disk to compare tensors)",
-                        c.step
-                    ),
+                    None => {
+                        format!("step {} (the original weights are not on disk to compare tensors)", c.step)
+                    }
                 });
             }
             rows.push(Row {

@@ -25,10 +25,8 @@ fn serve(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
                 line.clear();
             }
             h.fetch_add(1, Ordering::SeqCst);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = s.write_all(head.as_bytes());
             let _ = s.write_all(&body);
         }
@@ -44,11 +42,8 @@ fn url_source_downloads_once_verifies_and_reuses() {
     let (url, hits) = serve(text.clone());
     let cfg = d.config();
     let sets = |extra: &[&str]| -> Vec<String> {
-        let mut v = vec![
-            "data.source=url".to_string(),
-            format!("data.url={url}"),
-            format!("data.sha256={sha}"),
-        ];
+        let mut v =
+            vec!["data.source=url".to_string(), format!("data.url={url}"), format!("data.sha256={sha}")];
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -65,25 +60,14 @@ fn url_source_downloads_once_verifies_and_reuses() {
     let o = run(&sets(&[]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        bytes(&d.path("data/input.txt")),
-        text,
-        "cached under data.dir with the URL's file name"
-    );
+    assert_eq!(bytes(&d.path("data/input.txt")), text, "cached under data.dir with the URL's file name");
     let o = run(&sets(&[]));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "a verified cached file is reused without downloading"
-    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a verified cached file is reused without downloading");
 
     // A wrong pin: the download is refused and nothing is left at data.path.
     let wrong = "0".repeat(64);
-    let o = run(&sets(&[
-        "data.path=other.txt",
-        &format!("data.sha256={wrong}"),
-    ]));
+    let o = run(&sets(&["data.path=other.txt", &format!("data.sha256={wrong}")]));
     assert_clean_error(&o, "sha256 mismatch for download");
     assert!(!d.path("other.txt").exists());
     let leftovers: Vec<_> = std::fs::read_dir(&d.0)

@@ -12,29 +12,16 @@ fn same_config_gives_byte_identical_weights_and_full_run_layout() {
     for step in [5, 10, 15, 20] {
         assert_eq!(weights(&a, step), weights(&b, step), "step {step} differs");
     }
-    assert_ne!(
-        weights(&a, 5),
-        weights(&a, 20),
-        "training must change the weights"
-    );
+    assert_ne!(weights(&a, 5), weights(&a, 20), "training must change the weights");
     for f in ["config.toml", "manifest.json", "metrics.jsonl"] {
         assert!(a.join(f).is_file(), "{f} missing");
     }
-    for f in [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "state.json",
-        "config.toml",
-        "tokenizer.json",
-    ] {
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json", "config.toml", "tokenizer.json"] {
         assert!(a.join("step-00000020").join(f).is_file(), "{f} missing");
     }
     // One metrics line per step, with val metrics at eval steps.
     let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 20);
     for key in ["step", "loss", "lr", "grad_norm", "tokens_per_sec"] {
         assert!(lines[0].get(key).is_some(), "metrics lack {key}");
@@ -43,10 +30,7 @@ fn same_config_gives_byte_identical_weights_and_full_run_layout() {
     assert!(lines[0].get("val_loss").is_none());
     let first = lines[0]["loss"].as_f64().unwrap();
     let last = lines[19]["val_loss"].as_f64().unwrap();
-    assert!(
-        last < first && last < (300f64).ln(),
-        "loss should fall: {first} -> {last}"
-    );
+    assert!(last < first && last < (300f64).ln(), "loss should fall: {first} -> {last}");
     let e = stderr(&out);
     assert!(e.contains("sample:") && e.contains("bits/byte"), "{e}");
     // The HF tensor names.
@@ -94,14 +78,9 @@ fn grad_accumulation_and_retention() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["step-00000010", "step-00000015", "step-00000020"]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&bytes(&d.path("runs/a/manifest.json"))).unwrap();
-    let present: Vec<bool> = m["checkpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["present"].as_bool().unwrap())
-        .collect();
+    let m: serde_json::Value = serde_json::from_slice(&bytes(&d.path("runs/a/manifest.json"))).unwrap();
+    let present: Vec<bool> =
+        m["checkpoints"].as_array().unwrap().iter().map(|c| c["present"].as_bool().unwrap()).collect();
     assert_eq!(present, [false, true, true, true]);
 }
 
@@ -112,24 +91,10 @@ fn prepare_reuses_unchanged_data_and_rebuilds_changed() {
     let first = d.run(&["prepare", "--config", &cfg]);
     assert!(first.status.success(), "{}", stderr(&first));
     let again = d.run(&["prepare", "--config", &cfg]);
-    assert!(
-        stderr(&again).contains("reusing prepared data"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("reusing prepared data"), "{}", stderr(&again));
     assert_eq!(stdout(&first), stdout(&again));
-    let changed = d.run(&[
-        "prepare",
-        "--config",
-        &cfg,
-        "--set",
-        "tokenizer.vocab_size=320",
-    ]);
-    assert!(
-        stderr(&changed).contains("training BPE tokenizer"),
-        "{}",
-        stderr(&changed)
-    );
+    let changed = d.run(&["prepare", "--config", &cfg, "--set", "tokenizer.vocab_size=320"]);
+    assert!(stderr(&changed).contains("training BPE tokenizer"), "{}", stderr(&changed));
     assert_ne!(stdout(&first), stdout(&changed));
 }
 
@@ -175,19 +140,13 @@ fn errors_are_one_clear_line_and_exit_2() {
     let d = Dir::new("errors");
     let cfg = d.config();
     std::fs::write(d.path("bad-key.toml"), "[train]\nsteps = 5\nstepz = 3\n").unwrap();
-    assert_clean_error(
-        &d.run(&["train", "--config", "bad-key.toml"]),
-        "unknown key `train.stepz` (line 3)",
-    );
+    assert_clean_error(&d.run(&["train", "--config", "bad-key.toml"]), "unknown key `train.stepz` (line 3)");
     std::fs::write(d.path("bad-type.toml"), "[optim]\nlr = \"fast\"\n").unwrap();
     assert_clean_error(
         &d.run(&["train", "--config", "bad-type.toml"]),
         "`optim.lr` (line 2): expected float, found string",
     );
-    assert_clean_error(
-        &d.run(&["train", "--config", "nope.toml"]),
-        "config file nope.toml not found",
-    );
+    assert_clean_error(&d.run(&["train", "--config", "nope.toml"]), "config file nope.toml not found");
     let missing = d.run(&[
         "train",
         "--config",
@@ -215,9 +174,7 @@ fn errors_are_one_clear_line_and_exit_2() {
     assert_clean_error(&mismatch, "sha256 mismatch for corpus.txt");
     assert!(
         !d.path("checkpoints").exists()
-            || std::fs::read_dir(d.path("checkpoints/t"))
-                .map(|r| r.count() <= 2)
-                .unwrap_or(true)
+            || std::fs::read_dir(d.path("checkpoints/t")).map(|r| r.count() <= 2).unwrap_or(true)
     );
     // A run directory below a regular file cannot be created.
     std::fs::write(d.path("afile"), "x").unwrap();
@@ -252,7 +209,6 @@ fn file_source_with_pinned_hash_trains() {
             "train.steps=5",
         ],
     );
-    let m: serde_json::Value =
-        serde_json::from_slice(&bytes(&d.path("runs/f/manifest.json"))).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes(&d.path("runs/f/manifest.json"))).unwrap();
     assert_eq!(m["data"]["corpus_sha256"], sha);
 }

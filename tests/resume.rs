@@ -35,19 +35,8 @@ fn resume_from_any_checkpoint_matches_a_straight_run() {
     let want = weights(&straight, 20);
 
     // N/2 steps, then a resume to N (train.steps changes, the schedule is pinned).
-    d.train(
-        "runs/half",
-        &[
-            "--set",
-            "train.steps=10",
-            "--set",
-            "optim.schedule_steps=20",
-        ],
-    );
-    d.train(
-        "runs/half",
-        &["--set", "optim.schedule_steps=20", "--resume"],
-    );
+    d.train("runs/half", &["--set", "train.steps=10", "--set", "optim.schedule_steps=20"]);
+    d.train("runs/half", &["--set", "optim.schedule_steps=20", "--resume"]);
     assert_eq!(weights(&d.path("runs/half"), 20), want, "10 + resume to 20");
     assert_eq!(weights(&d.path("runs/half"), 15), weights(&straight, 15));
 
@@ -68,14 +57,7 @@ fn resume_from_any_checkpoint_matches_a_straight_run() {
     copy_dir(&straight, &d.path("runs/cadence"));
     d.train(
         "runs/cadence",
-        &[
-            "--resume",
-            "runs/cadence/step-00000005",
-            "--set",
-            "eval.every=3",
-            "--set",
-            "checkpoint.every=7",
-        ],
+        &["--resume", "runs/cadence/step-00000005", "--set", "eval.every=3", "--set", "checkpoint.every=7"],
     );
     assert_eq!(weights(&d.path("runs/cadence"), 20), want);
 }
@@ -98,11 +80,7 @@ fn resume_refuses_changes_that_alter_the_result() {
         "optim.lr=0.01",
     ]);
     assert_clean_error(&o, "model.d_model: checkpoint has 32, now 64");
-    assert!(
-        stderr(&o).contains("optim.lr: checkpoint has 0.003, now 0.01"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("optim.lr: checkpoint has 0.003, now 0.01"), "{}", stderr(&o));
     // Changing train.steps alone changes the cosine schedule: refused with the fix.
     let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume"]);
     assert_clean_error(&o, "optim.schedule_steps=10");
@@ -121,14 +99,7 @@ fn resume_refuses_changes_that_alter_the_result() {
     ]);
     assert_clean_error(&o, "data.builtin_seed");
     // Nothing to resume.
-    let o = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--run-dir",
-        "runs/empty",
-        "--resume",
-    ]);
+    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/empty", "--resume"]);
     assert_clean_error(&o, "no complete checkpoint");
 }
 
@@ -136,50 +107,42 @@ fn resume_refuses_changes_that_alter_the_result() {
 fn half_written_checkpoints_are_never_resumed_from() {
     let d = Dir::new("torn");
     d.train("runs/straight", &[]);
-    d.train(
-        "runs/a",
-        &[
-            "--set",
-            "train.steps=10",
-            "--set",
-            "optim.schedule_steps=20",
-        ],
-    );
+    d.train("runs/a", &["--set", "train.steps=10", "--set", "optim.schedule_steps=20"]);
     // What a crash mid-write can leave: a temp directory, and a step directory without state.
     let run = d.path("runs/a");
     std::fs::create_dir_all(run.join(".tmp-step-00000015-999")).unwrap();
-    std::fs::write(
-        run.join(".tmp-step-00000015-999/model.safetensors"),
-        b"partial",
-    )
-    .unwrap();
+    std::fs::write(run.join(".tmp-step-00000015-999/model.safetensors"), b"partial").unwrap();
     std::fs::create_dir_all(run.join("step-00000012")).unwrap();
     std::fs::write(run.join("step-00000012/model.safetensors"), b"partial").unwrap();
     d.train("runs/a", &["--set", "optim.schedule_steps=20", "--resume"]);
     assert_eq!(weights(&run, 20), weights(&d.path("runs/straight"), 20));
 }
 
+/// A longer run (400 tiny steps) trained straight into runs/straight, and the args that train
+/// the same config into `run`.
+fn long_run(d: &Dir, run: &str, ckpt_every: u32) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["train", "--config", &d.config(), "--run-dir", run].map(String::from).to_vec();
+    for s in ["train.steps=400".to_string(), format!("checkpoint.every={ckpt_every}"), "eval.every=0".into()]
+    {
+        args.push("--set".into());
+        args.push(s);
+    }
+    let mut straight = args.clone();
+    straight[4] = "runs/straight".into();
+    let o = d.run(&straight.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    args
+}
+
 #[test]
 fn sigint_checkpoints_and_resume_is_exact() {
     let d = Dir::new("sigint");
-    let long = [
-        "--set",
-        "train.steps=400",
-        "--set",
-        "checkpoint.every=50",
-        "--set",
-        "eval.every=0",
-    ];
-    d.train("runs/straight", &long);
-    let cfg = d.config();
-    let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/int"];
-    args.extend_from_slice(&long);
+    let owned = long_run(&d, "runs/int", 50);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
     wait_for(&d.path("runs/int/step-00000050"), Duration::from_secs(60));
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
     let e = stderr(&out);
@@ -188,35 +151,15 @@ fn sigint_checkpoints_and_resume_is_exact() {
     // It stopped early and left a complete checkpoint at the step it reached.
     let ckpts = tinylm::checkpoint::list(&d.path("runs/int")).unwrap();
     let (last, _) = *ckpts.last().unwrap();
-    assert!(
-        last < 400,
-        "interrupt came too late to test anything ({last})"
-    );
-    let mut args = args.clone();
-    args.push("--resume");
-    let o = d.run(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        weights(&d.path("runs/int"), 400),
-        weights(&d.path("runs/straight"), 400)
-    );
+    assert!(last < 400, "interrupt came too late to test anything ({last})");
+    resume_to_the_end_and_compare(&d, &args, "runs/int");
 }
 
 #[test]
 fn kill_9_then_resume_is_exact() {
     let d = Dir::new("kill9");
-    let long = [
-        "--set",
-        "train.steps=400",
-        "--set",
-        "checkpoint.every=7",
-        "--set",
-        "eval.every=0",
-    ];
-    d.train("runs/straight", &long);
-    let cfg = d.config();
-    let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/k"];
-    args.extend_from_slice(&long);
+    let owned = long_run(&d, "runs/k", 7);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     // Kill at a few different moments; whatever is on disk must resume to the same weights.
     for wait_step in [14u64, 105, 203] {
         let mut a = args.clone();
@@ -224,22 +167,21 @@ fn kill_9_then_resume_is_exact() {
             a.push("--resume");
         }
         let mut child = d.cmd(&a).stderr(Stdio::null()).spawn().unwrap();
-        wait_for(
-            &d.path(&format!("runs/k/step-{wait_step:08}")),
-            Duration::from_secs(60),
-        );
+        wait_for(&d.path(&format!("runs/k/step-{wait_step:08}")), Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(3 * (wait_step % 5)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let mut a = args.clone();
+    resume_to_the_end_and_compare(&d, &args, "runs/k");
+}
+
+/// `--resume` the interrupted run to step 400 and compare with the straight run.
+fn resume_to_the_end_and_compare(d: &Dir, args: &[&str], run: &str) {
+    let mut a = args.to_vec();
     a.push("--resume");
     let o = d.run(&a);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        weights(&d.path("runs/k"), 400),
-        weights(&d.path("runs/straight"), 400)
-    );
+    assert_eq!(weights(&d.path(run), 400), weights(&d.path("runs/straight"), 400));
 }
 
 #[test]
@@ -247,13 +189,7 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
     let d = Dir::new("verify");
     d.train("runs/a", &[]);
     let ok = d.run(&["verify", "runs/a"]);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&ok),
-        stderr(&ok)
-    );
+    assert_eq!(ok.status.code(), Some(0), "{}\n{}", stdout(&ok), stderr(&ok));
     let table = stdout(&ok);
     assert!(
         table.contains("artifact")
@@ -262,13 +198,7 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
         "{table}"
     );
     let from = d.run(&["verify", "runs/a", "--from", "10"]);
-    assert_eq!(
-        from.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&from),
-        stderr(&from)
-    );
+    assert_eq!(from.status.code(), Some(0), "{}\n{}", stdout(&from), stderr(&from));
     let files = d.run(&["verify", "runs/a", "--files-only"]);
     assert_eq!(files.status.code(), Some(0), "{}", stdout(&files));
 
@@ -280,11 +210,7 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
     std::fs::write(&p, b).unwrap();
     let bad = d.run(&["verify", "runs/a", "--files-only"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
-    assert!(
-        stdout(&bad).contains("MISMATCH: step-00000015/model.safetensors"),
-        "{}",
-        stdout(&bad)
-    );
+    assert!(stdout(&bad).contains("MISMATCH: step-00000015/model.safetensors"), "{}", stdout(&bad));
     // The full verify names the file too and reports the first differing tensor.
     let bad = d.run(&["verify", "runs/a"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
@@ -298,15 +224,7 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
     );
     // Resuming from the tampered checkpoint is refused.
     let cfg = d.config();
-    let o = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--run-dir",
-        "runs/a",
-        "--resume",
-        "runs/a/step-00000015",
-    ]);
+    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume", "runs/a/step-00000015"]);
     assert_clean_error(&o, "step-00000015/model.safetensors");
 }
 
@@ -314,29 +232,14 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
 fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
     let d = Dir::new("manifest");
     d.train("runs/a", &["--set", "train.steps=10"]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&bytes(&d.path("runs/a/manifest.json"))).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes(&d.path("runs/a/manifest.json"))).unwrap();
     assert_eq!(m["format_version"], 1);
-    for key in [
-        "corpus_sha256",
-        "tokenizer_sha256",
-        "train_tokens_sha256",
-        "val_tokens_sha256",
-    ] {
+    for key in ["corpus_sha256", "tokenizer_sha256", "train_tokens_sha256", "val_tokens_sha256"] {
         assert_eq!(m["data"][key].as_str().unwrap().len(), 64, "{key}");
     }
     let s = &m["sessions"][0];
-    for key in [
-        "tinylm_version",
-        "git_commit",
-        "rustc_version",
-        "cargo_lock_sha256",
-        "candle_version",
-    ] {
-        assert!(
-            s["build"][key].as_str().is_some_and(|v| !v.is_empty()),
-            "build.{key}"
-        );
+    for key in ["tinylm_version", "git_commit", "rustc_version", "cargo_lock_sha256", "candle_version"] {
+        assert!(s["build"][key].as_str().is_some_and(|v| !v.is_empty()), "build.{key}");
     }
     assert!(s["build"]["git_dirty"].is_boolean());
     assert_eq!(s["threads"], 1);
@@ -346,20 +249,11 @@ fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
     assert!(c["train_loss"].as_f64().is_some() && c["val_loss"].as_f64().is_some());
     // The recorded hashes are what sha256sum prints.
     let sum = |p: &str| {
-        let o = std::process::Command::new("sha256sum")
-            .arg(d.path(p))
-            .output()
-            .unwrap();
+        let o = std::process::Command::new("sha256sum").arg(d.path(p)).output().unwrap();
         stdout(&o).split_whitespace().next().unwrap().to_string()
     };
-    assert_eq!(
-        c["files"]["model.safetensors"],
-        sum("runs/a/step-00000010/model.safetensors")
-    );
-    assert_eq!(
-        c["files"]["state.json"],
-        sum("runs/a/step-00000010/state.json")
-    );
+    assert_eq!(c["files"]["model.safetensors"], sum("runs/a/step-00000010/model.safetensors"));
+    assert_eq!(c["files"]["state.json"], sum("runs/a/step-00000010/state.json"));
     assert_eq!(m["config_sha256"], sum("runs/a/config.toml"));
     // A missing run directory is an error (exit 2), not a mismatch.
     assert_clean_error(&d.run(&["verify", "runs/none"]), "runs/none/manifest.json");

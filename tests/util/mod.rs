@@ -101,10 +101,7 @@ pub fn bytes(p: &Path) -> Vec<u8> {
 }
 
 pub fn weights(run: &Path, step: u64) -> Vec<u8> {
-    bytes(
-        &run.join(format!("step-{step:08}"))
-            .join("model.safetensors"),
-    )
+    bytes(&run.join(format!("step-{step:08}")).join("model.safetensors"))
 }
 
 /// An error run: exit code 2, stderr starts with one `error:` line containing `needle`, no panic.
@@ -112,12 +109,6 @@ pub fn assert_clean_error(o: &Output, needle: &str) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(2), "want exit 2, stderr:\n{e}");
     assert!(!e.contains("panicked"), "panicked:\n{e}");
-    let first = e
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line:\n{e}"));
-    assert!(
-        e.contains(needle),
-        "want {needle:?} in:\n{e}\n(first line: {first})"
-    );
+    let first = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{e}"));
+    assert!(e.contains(needle), "want {needle:?} in:\n{e}\n(first line: {first})");
 }
