@@ -24,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const PREP_FORMAT: u32 = 1;
+const TOKENIZER_JSON: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitMeta {
@@ -54,7 +55,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn tokenizer_path(&self) -> PathBuf {
-        self.dir.join("tokenizer.json")
+        self.dir.join(TOKENIZER_JSON)
     }
     pub fn split_path(&self, split: &str) -> PathBuf {
         self.dir.join(format!("{split}.bin"))
@@ -200,10 +201,9 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
         .as_bytes(),
     );
     let dir = data_dir.join(&name).join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
-    let prepared = Prepared { dir: dir.clone(), meta: placeholder_meta() };
-    if let Some(meta) = reusable(&prepared, &corpus_sha)? {
+    if let Some(prepared) = reusable(&dir, &corpus_sha)? {
         log(&format!("reusing prepared data in {}", dir.display()));
-        return Ok(Prepared { dir, meta });
+        return Ok(prepared);
     }
     fs::create_dir_all(&dir).map_err(|e| {
         Error::hint(
@@ -223,27 +223,23 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
         train_text.len()
     ));
     let json = tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)?;
-    write_atomic(&prepared.tokenizer_path(), json.as_bytes())?;
-    let tok = Tok::from_file(&prepared.tokenizer_path())?;
+    let tok_path = dir.join(TOKENIZER_JSON);
+    write_atomic(&tok_path, json.as_bytes())?;
+    let tok = Tok::from_file(&tok_path)?;
 
-    let mut splits = Vec::new();
-    for (split, part) in [("train", train_text), ("val", val_text)] {
+    let write_split = |split: &str, part: &str| -> Result<SplitMeta> {
         let ids = tok.encode(part)?;
         let mut bytes = Vec::with_capacity(ids.len() * 2);
         for id in &ids {
             let id = u16::try_from(*id).map_err(|_| Error::msg("token id does not fit u16"))?;
             bytes.extend_from_slice(&id.to_le_bytes());
         }
-        write_atomic(&prepared.split_path(split), &bytes)?;
+        write_atomic(&dir.join(format!("{split}.bin")), &bytes)?;
         log(&format!("{split}: {} bytes -> {} tokens", part.len(), ids.len()));
-        splits.push(SplitMeta {
-            tokens: ids.len() as u64,
-            bytes: part.len() as u64,
-            sha256: sha256_hex(&bytes),
-        });
-    }
-    let val = splits.pop().unwrap_or_else(|| unreachable_split());
-    let train = splits.pop().unwrap_or_else(|| unreachable_split());
+        Ok(SplitMeta { tokens: ids.len() as u64, bytes: part.len() as u64, sha256: sha256_hex(&bytes) })
+    };
+    let train = write_split("train", train_text)?;
+    let val = write_split("val", val_text)?;
     let meta = Meta {
         format: PREP_FORMAT,
         corpus_sha256: corpus_sha,
@@ -261,46 +257,25 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
     Ok(Prepared { dir, meta })
 }
 
-fn unreachable_split() -> SplitMeta {
-    SplitMeta { tokens: 0, bytes: 0, sha256: String::new() }
-}
-
-fn placeholder_meta() -> Meta {
-    Meta {
-        format: 0,
-        corpus_sha256: String::new(),
-        corpus_bytes: 0,
-        val_fraction: 0.0,
-        vocab_size: 0,
-        tokenizer_sha256: String::new(),
-        dtype: String::new(),
-        train: unreachable_split(),
-        val: unreachable_split(),
-    }
-}
-
 /// The existing meta, if the prepared files are complete and untouched.
-fn reusable(p: &Prepared, corpus_sha: &str) -> Result<Option<Meta>> {
-    let Ok(text) = fs::read_to_string(p.dir.join("meta.json")) else {
-        return Ok(None);
-    };
-    let Ok(meta) = serde_json::from_str::<Meta>(&text) else {
-        return Ok(None);
-    };
+fn reusable(dir: &Path, corpus_sha: &str) -> Result<Option<Prepared>> {
+    let Ok(text) = fs::read_to_string(dir.join("meta.json")) else { return Ok(None) };
+    let Ok(meta) = serde_json::from_str::<Meta>(&text) else { return Ok(None) };
     if meta.format != PREP_FORMAT || meta.corpus_sha256 != corpus_sha {
         return Ok(None);
     }
+    let p = Prepared { dir: dir.to_path_buf(), meta };
     let checks = [
-        (p.tokenizer_path(), &meta.tokenizer_sha256),
-        (p.split_path("train"), &meta.train.sha256),
-        (p.split_path("val"), &meta.val.sha256),
+        (p.tokenizer_path(), &p.meta.tokenizer_sha256),
+        (p.split_path("train"), &p.meta.train.sha256),
+        (p.split_path("val"), &p.meta.val.sha256),
     ];
     for (path, want) in checks {
         if !path.exists() || &sha256_file(&path)? != want {
             return Ok(None);
         }
     }
-    Ok(Some(meta))
+    Ok(Some(p))
 }
 
 /// Start offsets of the training windows for (step, micro-batch): a pure function of

@@ -399,7 +399,6 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
 
     let t0 = Instant::now();
     let mut last_val = None;
-    let mut last_loss = f64::NAN;
     for step in start..steps {
         let ts = Instant::now();
         let lr = optim::lr_at(step, &cfg.optim, total);
@@ -436,7 +435,6 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let done = step + 1;
         let dt = ts.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt.max(1e-9);
-        last_loss = train_loss;
 
         let mut line = serde_json::json!({
             "step": done, "loss": train_loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tps,
@@ -506,7 +504,6 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     if let Some(pb) = &bar {
         pb.finish();
     }
-    let _ = last_loss;
     match last_val {
         Some(val) => Ok(Outcome::Finished { step: steps, val }),
         None => Err(Error::msg("internal: no final evaluation")),
