@@ -6,8 +6,12 @@
 
 pub fn configure(threads: usize) {
     let n = threads.max(1);
-    // SAFETY-free in edition 2021; called once at start-up before other threads exist.
-    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    // Called once at start-up, before any other thread exists.
+    // An explicit CANDLE_NUM_THREADS is respected (scripts/bench-threads.sh uses it to measure
+    // the spinning pool); otherwise the fast setting is chosen for the user.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
