@@ -49,12 +49,35 @@ fn same_config_gives_byte_identical_weights_and_full_run_layout() {
 #[test]
 fn thread_count_does_not_change_the_weights() {
     let d = Dir::new("threads");
-    d.train("runs/t1", &["--set", "run.threads=1"]);
-    d.train("runs/t2", &["--set", "run.threads=2"]);
-    d.train("runs/t4", &["--set", "run.threads=4"]);
-    let w1 = weights(&d.path("runs/t1"), 20);
-    assert_eq!(w1, weights(&d.path("runs/t2"), 20), "1 vs 2 threads");
-    assert_eq!(w1, weights(&d.path("runs/t4"), 20), "1 vs 4 threads");
+    // Matrices as large as tiny.toml's, so gemm really splits work across threads; each count
+    // with its own data dir, so the tokenizer and token files are rebuilt under it too.
+    let sized = [
+        "model.d_model=128",
+        "model.n_head=4",
+        "model.d_ff=352",
+        "train.context=64",
+        "train.batch_size=8",
+        "train.steps=6",
+        "checkpoint.every=0",
+        "eval.every=0",
+    ];
+    let run = |n: u32| {
+        let mut args: Vec<String> = Vec::new();
+        for s in sized
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("run.threads={n}"), format!("data.dir=data{n}")])
+        {
+            args.push("--set".into());
+            args.push(s);
+        }
+        let run_dir = format!("runs/t{n}");
+        d.train(&run_dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        weights(&d.path(&run_dir), 6)
+    };
+    let w1 = run(1);
+    assert!(w1 == run(2), "1 vs 2 threads");
+    assert!(w1 == run(4), "1 vs 4 threads");
 }
 
 #[test]
@@ -93,6 +116,11 @@ fn prepare_reuses_unchanged_data_and_rebuilds_changed() {
     let again = d.run(&["prepare", "--config", &cfg]);
     assert!(stderr(&again).contains("reusing prepared data"), "{}", stderr(&again));
     assert_eq!(stdout(&first), stdout(&again));
+    // Training the tokenizer again from scratch elsewhere gives byte-identical files.
+    let elsewhere = d.run(&["prepare", "--config", &cfg, "--set", "data.dir=other"]);
+    let hashes = |o: &std::process::Output| stdout(o).lines().skip(1).map(String::from).collect::<Vec<_>>();
+    assert_eq!(hashes(&first), hashes(&elsewhere));
+    assert_eq!(hashes(&first).len(), 4);
     let changed = d.run(&["prepare", "--config", &cfg, "--set", "tokenizer.vocab_size=320"]);
     assert!(stderr(&changed).contains("training BPE tokenizer"), "{}", stderr(&changed));
     assert_ne!(stdout(&first), stdout(&changed));
