@@ -285,6 +285,63 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     write_atomic(path, kept.as_bytes())
 }
 
+/// Forward and backward over `grad_accum` micro-batches of step `step`; returns the mean loss
+/// and the gradients summed by parameter name.
+fn forward_backward(
+    model: &Llama,
+    tokens: &[u16],
+    cfg: &Config,
+    step: u64,
+) -> Result<(f64, BTreeMap<String, Tensor>)> {
+    let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
+    let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut loss_sum = 0f64;
+    for micro in 0..accum {
+        let offsets = data::batch_offsets(cfg.run.seed, step, micro, tokens.len(), b, t);
+        let (x, y) = make_batch(tokens, &offsets, t)?; // (B, T), (B*T)
+        let logits = model.forward(&x)?.flatten_to(1)?; // (B*T, V)
+        let loss = model::cross_entropy(&logits, &y)?;
+        loss_sum += loss.to_scalar::<f32>()? as f64;
+        let store = (loss / accum as f64)?.backward()?;
+        for (name, var) in &model.params {
+            let g = store
+                .get(var.as_tensor())
+                .ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
+            let acc = match grads.remove(name) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            grads.insert(name.clone(), acc);
+        }
+    }
+    Ok((loss_sum / accum as f64, grads))
+}
+
+/// Evaluate, then sample from `eval.prompt` with a stream keyed by step (its own purpose, so
+/// sampling never touches the training streams).
+fn eval_and_sample(
+    model: &Llama,
+    val: &[u16],
+    tok: &Tok,
+    cfg: &Config,
+    step: u64,
+) -> Result<(EvalResult, String)> {
+    let ev = evaluate(model, val, tok, cfg)?;
+    let mut r = rng::stream(cfg.run.seed, "eval-sample", &step.to_string());
+    let e = &cfg.eval;
+    let text = sample::generate(
+        model,
+        tok,
+        &e.prompt,
+        e.sample_tokens as usize,
+        e.temperature,
+        e.top_k as usize,
+        cfg.train.context as usize,
+        &mut r,
+    )?;
+    Ok((ev, text))
+}
+
 pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     let cfg = &args.cfg;
     let say = |s: &str| {
@@ -402,28 +459,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     for step in start..steps {
         let ts = Instant::now();
         let lr = optim::lr_at(step, &cfg.optim, total);
-        // Forward and backward over grad_accum micro-batches, summing gradients by name.
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut loss_sum = 0f64;
-        for micro in 0..accum {
-            let offsets = data::batch_offsets(cfg.run.seed, step, micro, train_tokens.len(), b, t);
-            let (x, y) = make_batch(&train_tokens, &offsets, t)?; // (B, T), (B*T)
-            let logits = model.forward(&x)?.flatten_to(1)?; // (B*T, V)
-            let loss = model::cross_entropy(&logits, &y)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let store = (loss / accum as f64)?.backward()?;
-            for (name, var) in &model.params {
-                let g = store
-                    .get(var.as_tensor())
-                    .ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
-                let acc = match grads.remove(name) {
-                    Some(prev) => (prev + g)?,
-                    None => g.clone(),
-                };
-                grads.insert(name.clone(), acc);
-            }
-        }
-        let train_loss = loss_sum / accum as f64;
+        let (train_loss, mut grads) = forward_backward(&model, &train_tokens, cfg, step)?;
         if !train_loss.is_finite() {
             return Err(Error::hint(
                 format!("training diverged at step {step}: loss is {train_loss}"),
@@ -442,19 +478,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let last = done == steps;
         let mut val_loss = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {
-            let ev = evaluate(&model, &val_tokens, &tok, cfg)?;
-            // Its own stream, keyed by step: sampling never touches the training streams.
-            let mut r = rng::stream(cfg.run.seed, "eval-sample", &done.to_string());
-            let text = sample::generate(
-                &model,
-                &tok,
-                &cfg.eval.prompt,
-                cfg.eval.sample_tokens as usize,
-                cfg.eval.temperature,
-                cfg.eval.top_k as usize,
-                t,
-                &mut r,
-            )?;
+            let (ev, text) = eval_and_sample(&model, &val_tokens, &tok, cfg, done)?;
             log(&format!(
                 "step {done}: val loss {:.4} | ppl {:.2} | bits/byte {:.4}\n  sample: {}",
                 ev.loss,
