@@ -190,7 +190,9 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         cfg.train.steps,
         scratch.display()
     );
-    train::train(args, stop)?;
+    if let train::Outcome::Interrupted { step, .. } = train::train(args, stop)? {
+        return Err(Error::msg(format!("verify interrupted at step {step}; nothing was compared")));
+    }
 
     // Data: what the scratch run's manifest recomputed.
     let again = Manifest::load(&run)?;

@@ -136,23 +136,27 @@ fn long_run(d: &Dir, run: &str, ckpt_every: u32) -> Vec<String> {
 }
 
 #[test]
-fn sigint_checkpoints_and_resume_is_exact() {
+fn sigint_and_sigterm_checkpoint_and_resume_is_exact() {
     let d = Dir::new("sigint");
     let owned = long_run(&d, "runs/int", 50);
-    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for(&d.path("runs/int/step-00000050"), Duration::from_secs(60));
-    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let e = stderr(&out);
-    assert_eq!(out.status.code(), Some(130), "{e}");
-    assert!(e.contains("resume with: tinylm train"), "{e}");
-    // It stopped early and left a complete checkpoint at the step it reached.
-    let ckpts = tinylm::checkpoint::list(&d.path("runs/int")).unwrap();
-    let (last, _) = *ckpts.last().unwrap();
-    assert!(last < 400, "interrupt came too late to test anything ({last})");
-    resume_to_the_end_and_compare(&d, &args, "runs/int");
+    for sig in ["INT", "TERM"] {
+        let run = format!("runs/{sig}");
+        let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        args[4] = &run;
+        let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
+        wait_for(&d.path(&format!("{run}/step-00000050")), Duration::from_secs(60));
+        let kill =
+            std::process::Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status();
+        assert!(kill.unwrap().success());
+        let out = child.wait_with_output().unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "SIG{sig}: {e}");
+        assert!(e.contains("resume with: tinylm train"), "{e}");
+        // It stopped early and left a complete checkpoint at the step it reached.
+        let (last, _) = *tinylm::checkpoint::list(&d.path(&run)).unwrap().last().unwrap();
+        assert!(last > 50 && last < 400, "SIG{sig}: checkpoint at {last}");
+        resume_to_the_end_and_compare(&d, &args, &run);
+    }
 }
 
 #[test]
