@@ -103,6 +103,29 @@ pub fn write(run_dir: &Path, mut state: State, files: &[(&str, Vec<u8>)]) -> Res
     Ok((final_dir, state))
 }
 
+/// Tidy what a crash can leave in a run directory: `.tmp-step-*` (a checkpoint being written)
+/// and `.del-step-*` (one being deleted) are removed; `.old-step-*` (the previous copy of a step
+/// being replaced) is put back if the new copy never arrived, else removed.
+pub fn recover(run_dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(run_dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with(".tmp-step-") || name.starts_with(".del-step-") {
+            fs::remove_dir_all(&path).at(&path)?;
+        } else if let Some(rest) = name.strip_prefix(".old-") {
+            // .old-step-NNNNNNNN-<pid>
+            let step_dir = run_dir.join(rest.get(..13).unwrap_or(rest));
+            if parse_step(rest.get(..13).unwrap_or("")).is_some() && !step_dir.exists() {
+                fs::rename(&path, &step_dir).at(&step_dir)?;
+            } else {
+                fs::remove_dir_all(&path).at(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Complete checkpoints in a run directory, oldest first.
 pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();

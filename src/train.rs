@@ -170,7 +170,7 @@ impl Run<'_> {
         let c = &self.cfg.checkpoint;
         for step in checkpoint::to_delete(&steps, c.keep_last, c.keep_every) {
             let d = self.dir.join(checkpoint::dir_name(step));
-            let gone = self.dir.join(format!(".del-{}", checkpoint::dir_name(step)));
+            let gone = self.dir.join(format!(".del-{}-{}", checkpoint::dir_name(step), std::process::id()));
             fs::rename(&d, &gone).at(&d)?;
             fs::remove_dir_all(&gone).at(&gone)?;
             for r in self.manifest.checkpoints.iter_mut().filter(|r| r.step == step) {
@@ -350,6 +350,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         }
     };
     create_run_dir(&args.run_dir)?;
+    checkpoint::recover(&args.run_dir)?;
     if args.resume.is_none() && !checkpoint::list(&args.run_dir)?.is_empty() {
         return Err(Error::hint(
             format!("run directory {} already holds checkpoints", args.run_dir.display()),

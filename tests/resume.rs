@@ -114,8 +114,16 @@ fn half_written_checkpoints_are_never_resumed_from() {
     std::fs::write(run.join(".tmp-step-00000015-999/model.safetensors"), b"partial").unwrap();
     std::fs::create_dir_all(run.join("step-00000012")).unwrap();
     std::fs::write(run.join("step-00000012/model.safetensors"), b"partial").unwrap();
-    d.train("runs/a", &["--set", "optim.schedule_steps=20", "--resume"]);
+    // A crash between the two renames that replace a step: the old copy comes back.
+    std::fs::rename(run.join("step-00000010"), run.join(".old-step-00000010-999")).unwrap();
+    let out = d.train("runs/a", &["--set", "optim.schedule_steps=20", "--resume"]);
+    assert!(stderr(&out).contains("step-00000010 at step 10"), "{}", stderr(&out));
     assert_eq!(weights(&run, 20), weights(&d.path("runs/straight"), 20));
+    let names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "leftovers tidied: {names:?}");
 }
 
 /// A longer run (400 tiny steps) trained straight into runs/straight, and the args that train
