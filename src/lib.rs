@@ -4,6 +4,7 @@
 //! the run's manifest; a rerun or a resume reproduces the same weights bit for bit, and
 //! `tinylm verify` proves it.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;

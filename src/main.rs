@@ -88,6 +88,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    tinylm::alloc::tune();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

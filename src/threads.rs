@@ -7,7 +7,7 @@
 pub fn configure(threads: usize) {
     let n = threads.max(1);
     // Called once at start-up, before any other thread exists.
-    // An explicit CANDLE_NUM_THREADS is respected (scripts/bench-threads.sh uses it to measure
+    // An explicit CANDLE_NUM_THREADS is respected (scripts/bench.sh uses it to measure
     // the spinning pool); otherwise the fast setting is chosen for the user.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
