@@ -8,7 +8,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Every problem found in a config file, reported together.
-    #[error("invalid config {}:\n{}", file.display(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", config_message(file, problems))]
     Config { file: PathBuf, problems: Vec<String> },
 
     #[error("{}: {source}", path.display())]
@@ -26,6 +26,19 @@ pub enum Error {
 
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+}
+
+/// One problem fits on one line; several are listed under a header line.
+fn config_message(file: &Path, problems: &[String]) -> String {
+    match problems {
+        [one] => format!("{}: {one}", file.display()),
+        many => format!(
+            "{}: {} problems:\n{}",
+            file.display(),
+            many.len(),
+            many.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+        ),
+    }
 }
 
 impl Error {

@@ -1,7 +1,8 @@
-//! Thread pools. candle's element-wise pool spins: on 2 cores, 2 threads ran 3.6x slower than
-//! 1 (measured). So tinylm pins that pool to one thread (`CANDLE_NUM_THREADS=1`) and gives the
-//! matmul pool (rayon's, sized by `RAYON_NUM_THREADS`) the configured count. This must run
-//! before candle first reads either variable, so `main` calls it before any tensor work.
+//! Thread pools. candle's element-wise pool spin-waits: on 2 cores with one core busy elsewhere,
+//! an unpinned pool ran 2.9x slower (scripts/bench.sh). So tinylm pins that pool to one thread
+//! (`CANDLE_NUM_THREADS=1`) and gives the matmul pool (rayon's, sized by `RAYON_NUM_THREADS`) the
+//! configured count. This must run before candle first reads either variable, so `main` calls it
+//! before any tensor work.
 //! The count never reaches the weights: gemm splits work over output blocks only.
 
 pub fn configure(threads: usize) {

@@ -168,13 +168,16 @@ fn errors_are_one_clear_line_and_exit_2() {
     let d = Dir::new("errors");
     let cfg = d.config();
     std::fs::write(d.path("bad-key.toml"), "[train]\nsteps = 5\nstepz = 3\n").unwrap();
-    assert_clean_error(&d.run(&["train", "--config", "bad-key.toml"]), "unknown key `train.stepz` (line 3)");
+    assert_one_line_error(
+        &d.run(&["train", "--config", "bad-key.toml"]),
+        "unknown key `train.stepz` (line 3)",
+    );
     std::fs::write(d.path("bad-type.toml"), "[optim]\nlr = \"fast\"\n").unwrap();
-    assert_clean_error(
+    assert_one_line_error(
         &d.run(&["train", "--config", "bad-type.toml"]),
         "`optim.lr` (line 2): expected float, found string",
     );
-    assert_clean_error(&d.run(&["train", "--config", "nope.toml"]), "config file nope.toml not found");
+    assert_one_line_error(&d.run(&["train", "--config", "nope.toml"]), "config file nope.toml not found");
     let missing = d.run(&[
         "train",
         "--config",
@@ -186,7 +189,7 @@ fn errors_are_one_clear_line_and_exit_2() {
         "--set",
         &format!("data.sha256=\"{}\"", "0".repeat(64)),
     ]);
-    assert_clean_error(&missing, "data file missing.txt does not exist");
+    assert_one_line_error(&missing, "data file missing.txt does not exist");
     std::fs::write(d.path("corpus.txt"), "hello world\n".repeat(1000)).unwrap();
     let mismatch = d.run(&[
         "train",
@@ -199,20 +202,20 @@ fn errors_are_one_clear_line_and_exit_2() {
         "--set",
         &format!("data.sha256={}", "ab".repeat(32)),
     ]);
-    assert_clean_error(&mismatch, "sha256 mismatch for corpus.txt");
+    assert_one_line_error(&mismatch, "sha256 mismatch for corpus.txt");
     assert!(
         !d.path("checkpoints").exists()
             || std::fs::read_dir(d.path("checkpoints/t")).map(|r| r.count() <= 2).unwrap_or(true)
     );
     // A run directory below a regular file cannot be created.
     std::fs::write(d.path("afile"), "x").unwrap();
-    assert_clean_error(
+    assert_one_line_error(
         &d.run(&["train", "--config", &cfg, "--run-dir", "afile/run"]),
         "cannot write run directory afile/run",
     );
     // Training into a directory that holds checkpoints without --resume would clobber them.
     d.train("runs/a", &[]);
-    assert_clean_error(
+    assert_one_line_error(
         &d.run(&["train", "--config", &cfg, "--run-dir", "runs/a"]),
         "already holds checkpoints",
     );

@@ -112,3 +112,11 @@ pub fn assert_clean_error(o: &Output, needle: &str) {
     let first = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{e}"));
     assert!(e.contains(needle), "want {needle:?} in:\n{e}\n(first line: {first})");
 }
+
+/// As `assert_clean_error`, and the first `error:` line alone names the cause.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    assert_clean_error(o, needle);
+    let e = stderr(o);
+    let first = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(first.contains(needle), "want {needle:?} in the first error line: {first}");
+}
