@@ -67,8 +67,12 @@ pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, 
 }
 
 /// Write a complete checkpoint atomically. `files` are (name, bytes); state.json is added.
-/// Returns the final directory and the state written.
-pub fn write(run_dir: &Path, mut state: State, files: &[(&str, Vec<u8>)]) -> Result<(PathBuf, State)> {
+/// Returns the final directory and the SHA-256 of every file in it, state.json included.
+pub fn write(
+    run_dir: &Path,
+    mut state: State,
+    files: &[(&str, Vec<u8>)],
+) -> Result<(PathBuf, BTreeMap<String, String>)> {
     let final_dir = run_dir.join(dir_name(state.step));
     let tmp = run_dir.join(format!(".tmp-{}-{}", dir_name(state.step), std::process::id()));
     if tmp.exists() {
@@ -88,6 +92,8 @@ pub fn write(run_dir: &Path, mut state: State, files: &[(&str, Vec<u8>)]) -> Res
     }
     let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::msg(e.to_string()))?;
     put(STATE_FILE, &json)?;
+    let mut hashes = state.files.clone();
+    hashes.insert(STATE_FILE.to_string(), sha256_hex(&json));
     sync_dir(Some(&tmp));
     if final_dir.exists() {
         // A rerun past a resume point replaces the old checkpoint of the same step: move the old
@@ -100,7 +106,7 @@ pub fn write(run_dir: &Path, mut state: State, files: &[(&str, Vec<u8>)]) -> Res
         fs::rename(&tmp, &final_dir).at(&final_dir)?;
     }
     sync_dir(Some(run_dir));
-    Ok((final_dir, state))
+    Ok((final_dir, hashes))
 }
 
 /// Tidy what a crash can leave in a run directory: `.tmp-step-*` (a checkpoint being written)

@@ -142,12 +142,7 @@ impl Run<'_> {
             (CONFIG_FILE, self.config_bytes.clone()),
             (TOKENIZER_FILE, self.tokenizer_bytes.clone()),
         ];
-        let (dir, state) = checkpoint::write(self.dir, state, &files)?;
-        let mut files = state.files.clone();
-        files.insert(
-            checkpoint::STATE_FILE.into(),
-            crate::util::sha256_file(&dir.join(checkpoint::STATE_FILE))?,
-        );
+        let (dir, files) = checkpoint::write(self.dir, state, &files)?;
         self.manifest.record(CheckpointRecord {
             step,
             dir: checkpoint::dir_name(step),
@@ -226,8 +221,13 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
         if let Some(rec) =
             m.checkpoints.iter().find(|c| c.step == loaded.state.step && run_dir.join(&c.dir) == dir)
         {
+            // checkpoint::load has checked the files against state.json; state.json itself
+            // is hashed here.
             for (name, want) in &rec.files {
-                let got = crate::util::sha256_file(&dir.join(name))?;
+                let got = match loaded.state.files.get(name) {
+                    Some(h) => h.clone(),
+                    None => crate::util::sha256_file(&dir.join(name))?,
+                };
                 if &got != want {
                     return Err(Error::hint(
                         format!(

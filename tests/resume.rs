@@ -238,6 +238,13 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
     let cfg = d.config();
     let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume", "runs/a/step-00000015"]);
     assert_clean_error(&o, "step-00000015/model.safetensors");
+    // Even when state.json is rewritten to match the tampered file, the run manifest catches it.
+    let state_path = d.path("runs/a/step-00000015/state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&bytes(&state_path)).unwrap();
+    state["files"]["model.safetensors"] = tinylm::util::sha256_hex(&bytes(&p)).into();
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume", "runs/a/step-00000015"]);
+    assert_one_line_error(&o, "does not match the run manifest");
 }
 
 #[test]
