@@ -66,40 +66,17 @@ fn resume_from_any_checkpoint_matches_a_straight_run() {
 fn resume_refuses_changes_that_alter_the_result() {
     let d = Dir::new("refuse");
     d.train("runs/a", &["--set", "train.steps=10"]);
-    let cfg = d.config();
-    let o = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--run-dir",
-        "runs/a",
-        "--resume",
-        "--set",
-        "model.d_model=64",
-        "--set",
-        "optim.lr=0.01",
-    ]);
+    let o = d.try_train("runs/a", &["--resume", "--set", "model.d_model=64", "--set", "optim.lr=0.01"]);
     assert_clean_error(&o, "model.d_model: checkpoint has 32, now 64");
     assert!(stderr(&o).contains("optim.lr: checkpoint has 0.003, now 0.01"), "{}", stderr(&o));
     // Changing train.steps alone changes the cosine schedule: refused with the fix.
-    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume"]);
+    let o = d.try_train("runs/a", &["--resume"]);
     assert_clean_error(&o, "optim.schedule_steps=10");
     // A different corpus is refused too.
-    let o = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--run-dir",
-        "runs/a",
-        "--resume",
-        "--set",
-        "train.steps=10",
-        "--set",
-        "data.builtin_seed=1",
-    ]);
+    let o = d.try_train("runs/a", &["--resume", "--set", "train.steps=10", "--set", "data.builtin_seed=1"]);
     assert_clean_error(&o, "data.builtin_seed");
     // Nothing to resume.
-    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/empty", "--resume"]);
+    let o = d.try_train("runs/empty", &["--resume"]);
     assert_clean_error(&o, "no complete checkpoint");
 }
 
@@ -235,15 +212,14 @@ fn verify_passes_a_good_run_and_names_a_flipped_byte() {
         "{out}"
     );
     // Resuming from the tampered checkpoint is refused.
-    let cfg = d.config();
-    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume", "runs/a/step-00000015"]);
+    let o = d.try_train("runs/a", &["--resume", "runs/a/step-00000015"]);
     assert_clean_error(&o, "step-00000015/model.safetensors");
     // Even when state.json is rewritten to match the tampered file, the run manifest catches it.
     let state_path = d.path("runs/a/step-00000015/state.json");
     let mut state: serde_json::Value = serde_json::from_slice(&bytes(&state_path)).unwrap();
     state["files"]["model.safetensors"] = tinylm::util::sha256_hex(&bytes(&p)).into();
     std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
-    let o = d.run(&["train", "--config", &cfg, "--run-dir", "runs/a", "--resume", "runs/a/step-00000015"]);
+    let o = d.try_train("runs/a", &["--resume", "runs/a/step-00000015"]);
     assert_one_line_error(&o, "does not match the run manifest");
 }
 

@@ -70,12 +70,16 @@ impl Dir {
         c.args(args).current_dir(&self.0);
         c
     }
-    /// Train the tiny config into `run_dir` with extra args; panics with stderr on failure.
-    pub fn train(&self, run_dir: &str, extra: &[&str]) -> Output {
+    /// Train the tiny config into `run_dir` with extra args, whatever the outcome.
+    pub fn try_train(&self, run_dir: &str, extra: &[&str]) -> Output {
         let cfg = self.config();
         let mut args = vec!["train", "--config", &cfg, "--run-dir", run_dir];
         args.extend_from_slice(extra);
-        let out = self.run(&args);
+        self.run(&args)
+    }
+    /// As `try_train`, and panics with stderr on failure.
+    pub fn train(&self, run_dir: &str, extra: &[&str]) -> Output {
+        let out = self.try_train(run_dir, extra);
         assert!(out.status.success(), "train failed:\n{}", stderr(&out));
         out
     }
