@@ -8,25 +8,19 @@ use crate::rng::{self, Stream};
 /// Separates stories, as in TinyStories; it is the tokenizer's special token.
 pub const EOT: &str = "<|endoftext|>";
 
-const NAMES: &[&str] = &[
-    "Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Leo", "Zoe", "Sam", "Emma", "Jack", "Lucy", "Tim",
-    "Ella", "Finn", "Rosa", "Noah", "Ivy", "Omar", "Nina", "Hugo", "Maya", "Eli",
+const GIRLS: &[&str] = &[
+    "Lily", "Mia", "Sara", "Anna", "Zoe", "Emma", "Lucy", "Ella", "Rosa", "Ivy", "Nina", "Maya", "Ruby",
+    "Alice", "Grace", "Hana", "Lena", "Olive",
 ];
-const KINDS: &[(&str, &str)] = &[
-    ("girl", "she"),
-    ("boy", "he"),
-    ("girl", "she"),
-    ("boy", "he"),
-    ("cat", "it"),
-    ("dog", "it"),
-    ("rabbit", "it"),
-    ("bird", "it"),
-    ("bear", "it"),
-    ("fox", "it"),
+const BOYS: &[&str] = &[
+    "Tom", "Ben", "Max", "Leo", "Sam", "Jack", "Tim", "Finn", "Noah", "Omar", "Hugo", "Eli", "Sid", "Ravi",
+    "Theo", "Milo", "Jonah", "Kai",
 ];
+const KINDS: &[&str] =
+    &["girl", "boy", "cat", "dog", "rabbit", "bird", "bear", "fox", "mouse", "duck", "frog", "puppy"];
 const ADJS: &[&str] = &[
     "little", "happy", "curious", "brave", "kind", "shy", "silly", "clever", "sleepy", "small", "gentle",
-    "busy", "friendly", "quiet",
+    "busy", "friendly", "quiet", "funny", "tiny", "proud", "careful",
 ];
 const PLACES: &[&str] = &[
     "park",
@@ -45,6 +39,10 @@ const PLACES: &[&str] = &[
     "village",
     "lake",
     "playground",
+    "zoo",
+    "barn",
+    "castle",
+    "cave",
 ];
 const OBJECTS: &[(&str, &str)] = &[
     ("ball", "red"),
@@ -65,6 +63,10 @@ const OBJECTS: &[(&str, &str)] = &[
     ("lamp", "bright"),
     ("sock", "striped"),
     ("cup", "tiny"),
+    ("scarf", "warm"),
+    ("whistle", "silver"),
+    ("crayon", "purple"),
+    ("robot", "funny"),
 ];
 const HIDING: &[&str] = &[
     "under a big rock",
@@ -77,11 +79,20 @@ const HIDING: &[&str] = &[
     "inside an old boot",
     "under some leaves",
     "by the fence",
+    "in the sand",
+    "behind the barn",
 ];
-const FEELINGS_BAD: &[&str] = &["sad", "worried", "upset", "scared", "lonely"];
-const FEELINGS_GOOD: &[&str] = &["happy", "glad", "proud", "excited", "thankful"];
-const TIMES: &[&str] =
-    &["One day", "One morning", "One sunny day", "One rainy afternoon", "One evening", "Last summer"];
+const FEELINGS_BAD: &[&str] = &["sad", "worried", "upset", "scared", "lonely", "grumpy"];
+const FEELINGS_GOOD: &[&str] = &["happy", "glad", "proud", "excited", "thankful", "calm"];
+const TIMES: &[&str] = &[
+    "One day",
+    "One morning",
+    "One sunny day",
+    "One rainy afternoon",
+    "One evening",
+    "Last summer",
+    "On a windy day",
+];
 const WEATHER: &[&str] = &[
     "The sun was warm.",
     "The wind was blowing.",
@@ -89,6 +100,7 @@ const WEATHER: &[&str] = &[
     "The sky was blue.",
     "There were clouds in the sky.",
     "It was a cold day.",
+    "The birds were singing.",
 ];
 const PLAYS: &[&str] = &[
     "played tag",
@@ -100,8 +112,12 @@ const PLAYS: &[&str] = &[
     "jumped in puddles",
     "read a story",
     "had a picnic",
+    "played hide and seek",
+    "danced in the grass",
 ];
-const FAMILY: &[&str] = &["mom", "dad", "grandma", "grandpa", "big sister", "big brother"];
+const FAMILY: &[&str] = &["mom", "dad", "grandma", "grandpa", "big sister", "big brother", "aunt", "uncle"];
+const FOODS: &[&str] = &["cookies", "soup", "bread", "pancakes", "a pie", "a cake", "muffins"];
+const ANIMALS: &[&str] = &["bird", "kitten", "puppy", "duckling", "turtle", "squirrel", "hedgehog"];
 const LESSONS: &[&str] = &[
     "that sharing makes everyone happy",
     "that it is good to ask for help",
@@ -109,6 +125,8 @@ const LESSONS: &[&str] = &[
     "to be careful with things they love",
     "that being kind is always right",
     "that it is brave to try again",
+    "that working together is more fun",
+    "to listen to the people who love them",
 ];
 
 fn pick<'a, T>(rng: &mut Stream, xs: &'a [T]) -> &'a T {
@@ -123,15 +141,46 @@ fn cap(s: &str) -> String {
     }
 }
 
-/// One story from its own stream.
-fn story(rng: &mut Stream) -> String {
-    let hero = *pick(rng, NAMES);
-    let mut friend = *pick(rng, NAMES);
-    while friend == hero {
-        friend = *pick(rng, NAMES);
+/// A character: name, kind and pronouns (subject, object, possessive).
+struct Who {
+    name: &'static str,
+    kind: &'static str,
+    he: &'static str,
+    him: &'static str,
+    his: &'static str,
+}
+
+fn character(rng: &mut Stream, not: &str) -> Who {
+    let kind = *pick(rng, KINDS);
+    let girl = match kind {
+        "girl" => true,
+        "boy" => false,
+        _ => rng::below(rng, 2) == 0,
+    };
+    let names = if girl { GIRLS } else { BOYS };
+    let mut name = *pick(rng, names);
+    while name == not {
+        name = *pick(rng, names);
     }
-    let (kind, pron) = *pick(rng, KINDS);
-    let (fkind, fpron) = *pick(rng, KINDS);
+    let (he, him, his) = if girl { ("she", "her", "her") } else { ("he", "him", "his") };
+    Who { name, kind, he, him, his }
+}
+
+fn a_an(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// One story from its own stream: an opening, one of six plots, and an ending.
+fn story(rng: &mut Stream) -> String {
+    let h = character(rng, "");
+    let f = character(rng, h.name);
+    let (name, fname) = (h.name, f.name);
+    let (he, his, him) = (h.he, h.his, h.him);
+    let (he_c, his_c) = (cap(he), cap(his));
     let adj = *pick(rng, ADJS);
     let place = *pick(rng, PLACES);
     let place2 = *pick(rng, PLACES);
@@ -143,51 +192,80 @@ fn story(rng: &mut Stream) -> String {
     let weather = *pick(rng, WEATHER);
     let play = *pick(rng, PLAYS);
     let fam = *pick(rng, FAMILY);
+    let food = *pick(rng, FOODS);
+    let animal = *pick(rng, ANIMALS);
     let lesson = *pick(rng, LESSONS);
-    let poss = match pron {
-        "she" => "her",
-        "he" => "his",
-        _ => "its",
-    };
-    let article = if adj.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    let kind = h.kind;
     let mut s = Vec::new();
-    match rng::below(rng, 3) {
-        0 => s.push(format!("Once upon a time, there was {article} {adj} {kind} named {hero}.")),
-        1 => s.push(format!("{hero} was {article} {adj} {kind} who lived near the {place}.")),
-        _ => s.push(format!("There once was {article} {adj} {kind}. {} name was {hero}.", cap(poss))),
+    match rng::below(rng, 4) {
+        0 => s.push(format!("Once upon a time, there was {} {adj} {kind} named {name}.", a_an(adj))),
+        1 => s.push(format!("{name} was {} {adj} {kind} who lived near the {place}.", a_an(adj))),
+        2 => s.push(format!("There once was {} {adj} {kind}. {his_c} name was {name}.", a_an(adj))),
+        _ => s.push(format!("In a small village lived {} {adj} {kind} called {name}.", a_an(adj))),
     }
-    s.push(format!("{} had a {oadj} {obj}. {} loved it very much.", cap(pron), cap(pron)));
-    s.push(format!("{when}, {hero} went to the {place} with {poss} {obj}. {weather}"));
-    match rng::below(rng, 3) {
+    s.push(format!("{he_c} had {} {oadj} {obj}. {he_c} loved it very much.", a_an(oadj)));
+    s.push(format!("{when}, {name} went to the {place} with {his} {obj}. {weather}"));
+    match rng::below(rng, 6) {
         0 => {
-            s.push(format!("{hero} played and played. Then {pron} looked down. The {obj} was gone!"));
-            s.push(format!("{hero} felt {bad}. \"Where is my {obj}?\" {pron} said."));
-            s.push(format!("A {fkind} named {friend} saw {hero}. \"Why are you {bad}?\" asked {friend}."));
-            s.push(format!("\"I lost my {oadj} {obj},\" said {hero}. \"Can you help me find it?\""));
-            s.push(format!("\"Yes, I will help you,\" said {friend}. They looked everywhere."));
-            s.push(format!("At last {friend} found the {obj} {hide}. \"Here it is!\" {fpron} said."));
-            s.push(format!("{hero} was so {good}. \"Thank you, {friend}!\" Then they {play} together."));
+            s.push(format!("{name} played and played. Then {he} looked down. The {obj} was gone!"));
+            s.push(format!("{name} felt {bad}. \"Where is my {obj}?\" {he} said."));
+            s.push(format!("A {} named {fname} saw {name}. \"Why are you {bad}?\" asked {fname}.", f.kind));
+            s.push(format!("\"I lost my {oadj} {obj},\" said {name}. \"Can you help me find it?\""));
+            s.push(format!("\"Yes, I will help you,\" said {fname}. They looked everywhere."));
+            s.push(format!("At last {fname} found the {obj} {hide}. \"Here it is!\" {} said.", f.he));
+            s.push(format!("{name} was so {good}. \"Thank you, {fname}!\" Then they {play} together."));
         }
         1 => {
-            s.push(format!("At the {place}, {hero} met a {fkind} named {friend}. {friend} had no toys."));
-            s.push(format!("\"Do you want to play with my {obj}?\" asked {hero}."));
-            s.push(format!("\"Yes, please!\" said {friend}. {} was very {good}.", cap(fpron)));
+            s.push(format!("At the {place}, {name} met a {} named {fname}. {fname} had no toys.", f.kind));
+            s.push(format!("\"Do you want to play with my {obj}?\" asked {name}."));
+            s.push(format!("\"Yes, please!\" said {fname}. {} was very {good}.", cap(f.he)));
             s.push(format!("They {play} all day. Later they walked to the {place2} and {play} again."));
-            s.push(format!("When the sun went down, {hero} went home to {poss} {fam}."));
-            s.push(format!("\"I made a new friend today,\" {pron} said. {} {fam} smiled.", cap(poss)));
+            s.push(format!("When the sun went down, {name} went home to {his} {fam}."));
+            s.push(format!("\"I made a new friend today,\" {he} said. {his_c} {fam} smiled."));
+        }
+        2 => {
+            s.push(format!("{name} wanted to climb the big hill, but {he} was {bad}."));
+            s.push(format!("\"I am too small,\" said {name}. {his_c} {fam} held {his} hand."));
+            s.push(format!("\"You can do it,\" said {his} {fam}. \"Try one step at a time.\""));
+            s.push(format!("So {name} tried. {he_c} fell once, but {he} got up and tried again."));
+            s.push(format!(
+                "At the top, {name} saw {} {oadj} {obj} {hide}. {he_c} was very {good}.",
+                a_an(oadj)
+            ));
+            s.push(format!("{name} showed it to {fname}, and they {play} together."));
+        }
+        3 => {
+            s.push(format!("After that, {name} went home. {his_c} {fam} said, \"Let us make {food}!\""));
+            s.push(format!("{name} got the bowl and the spoon. {he_c} mixed and mixed."));
+            s.push(format!("Oops! {name} spilled some flour on the floor. {he_c} felt {bad}."));
+            s.push(format!("\"It is okay,\" said {his} {fam}. \"We can clean it up together.\""));
+            s.push(format!("Soon it was all ready. The kitchen smelled so good."));
+            s.push(format!("{name} gave some to {fname}. \"Yum!\" said {fname}, and they both laughed."));
+        }
+        4 => {
+            s.push(format!("Near the {place2}, {name} heard a small sound. It was a little {animal}."));
+            s.push(format!("The {animal} had a hurt leg. It looked {bad} and cold."));
+            s.push(format!("\"Do not be afraid,\" said {name} softly. {he_c} wrapped it in {his} {obj}."));
+            s.push(format!("{name} ran to get {his} {fam}. Together they helped the {animal}."));
+            s.push(format!("Every day {name} gave it food and water. Soon the {animal} was strong again."));
+            s.push(format!(
+                "When it was time, the {animal} went home, and {name} waved goodbye. {he_c} felt {good}."
+            ));
         }
         _ => {
-            s.push(format!("{hero} wanted to climb the {place2} hill, but {pron} was {bad}."));
-            s.push(format!("\"I am too small,\" said {hero}. {} {fam} held {poss} hand.", cap(poss)));
-            s.push(format!("\"You can do it,\" said {} {fam}. \"Try one step at a time.\"", poss));
-            s.push(format!("So {hero} tried. {} fell once, but {pron} got up and tried again.", cap(pron)));
-            s.push(format!("At the top, {hero} saw a {oadj} {obj} {hide}. {} was very {good}.", cap(pron)));
-            s.push(format!("{hero} showed it to {friend}, and they {play} together."));
+            s.push(format!("{fname} came to the {place} too. \"Let us have a race!\" said {fname}."));
+            s.push(format!("\"Ready, set, go!\" They ran as fast as they could to the {place2}."));
+            s.push(format!("{fname} was fast, but {name} tripped and fell. {he_c} was {bad}."));
+            s.push(format!("{fname} stopped and came back. \"Are you okay?\" {} asked.", f.he));
+            s.push(format!("{fname} helped {him} up, and they walked to the end together."));
+            s.push(format!("\"We both win,\" said {name} with a smile. Then they {play}."));
         }
     }
-    s.push(format!("That day, {hero} learned {lesson}."));
-    if rng::below(rng, 2) == 0 {
-        s.push("The end.".into());
+    s.push(format!("That day, {name} learned {lesson}."));
+    match rng::below(rng, 3) {
+        0 => s.push("The end.".into()),
+        1 => s.push(format!("And {name} and {his} {obj} were {good} forever.")),
+        _ => {}
     }
     s.join(" ")
 }
@@ -220,7 +298,7 @@ mod tests {
         let stories: Vec<&str> = a.split(EOT).filter(|s| !s.trim().is_empty()).collect();
         let distinct: std::collections::BTreeSet<&str> = stories.iter().copied().collect();
         assert!(distinct.len() * 10 >= stories.len() * 9, "stories repeat too often");
-        for name in ["Lily", "Tom", "\""] {
+        for name in ["Lily", "Tom", "\"", " she ", " he ", "flour", "race"] {
             assert!(a.contains(name));
         }
     }

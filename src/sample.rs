@@ -87,7 +87,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         Some((_, dir)) => Ok(dir),
         None => Err(Error::hint(
             format!("{} is neither a checkpoint nor a run directory with checkpoints", path.display()),
-            "pass a step-NNNNNNNN directory, e.g. checkpoints/tiny/step-00000600",
+            "pass a step-NNNNNNNN directory, e.g. checkpoints/tiny/step-00000800",
         )),
     }
 }
