@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub run: RunConfig,
@@ -196,21 +196,6 @@ impl Default for CheckpointConfig {
         Self { every: 500, keep_last: 0, keep_every: 0 }
     }
 }
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            run: RunConfig::default(),
-            data: DataConfig::default(),
-            tokenizer: TokenizerConfig::default(),
-            model: ModelConfig::default(),
-            optim: OptimConfig::default(),
-            train: TrainConfig::default(),
-            eval: EvalConfig::default(),
-            checkpoint: CheckpointConfig::default(),
-        }
-    }
-}
-
 /// Keys that may be absent (no default value); all strings.
 const OPTIONAL_KEYS: &[&str] = &["data.path", "data.sha256", "data.url"];
 
@@ -388,7 +373,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Value checks, all at once: (key, problem).
+    /// Value checks, all at once: (key, problem). Float checks are written `!(x > 0.0)` on
+    /// purpose: NaN fails them.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut p: Vec<(&'static str, String)> = Vec::new();
         let mut positive = |key: &'static str, v: u64| {
@@ -407,12 +394,12 @@ impl Config {
         positive("train.log_every", self.train.log_every);
         positive("eval.batches", self.eval.batches);
         let m = &self.model;
-        if m.n_head > 0 && m.d_model % m.n_head != 0 {
+        if m.n_head > 0 && !m.d_model.is_multiple_of(m.n_head) {
             p.push((
                 "model.d_model",
                 format!("{} is not divisible by model.n_head = {}", m.d_model, m.n_head),
             ));
-        } else if m.n_head > 0 && (m.d_model / m.n_head) % 2 != 0 {
+        } else if m.n_head > 0 && !(m.d_model / m.n_head).is_multiple_of(2) {
             p.push(("model.d_model", "head size d_model / n_head must be even for rotary embeddings".into()));
         }
         if !(self.model.rope_theta > 0.0) {

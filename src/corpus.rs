@@ -239,7 +239,7 @@ fn story(rng: &mut Stream) -> String {
             s.push(format!("{name} got the bowl and the spoon. {he_c} mixed and mixed."));
             s.push(format!("Oops! {name} spilled some flour on the floor. {he_c} felt {bad}."));
             s.push(format!("\"It is okay,\" said {his} {fam}. \"We can clean it up together.\""));
-            s.push(format!("Soon it was all ready. The kitchen smelled so good."));
+            s.push("Soon it was all ready. The kitchen smelled so good.".into());
             s.push(format!("{name} gave some to {fname}. \"Yum!\" said {fname}, and they both laughed."));
         }
         4 => {

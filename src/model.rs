@@ -148,7 +148,7 @@ impl Llama {
             x = (x + linear(&(gate * up)?, p("mlp.down_proj")?)?)?; // (B, T, C)
         }
         let x = rms_norm(&x, self.p("model.norm.weight")?, d.norm_eps)?;
-        Ok(linear(&x, self.p("lm_head.weight")?)?) // (B, T, V)
+        linear(&x, self.p("lm_head.weight")?) // (B, T, V)
     }
 
     fn attention(

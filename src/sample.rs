@@ -34,17 +34,19 @@ pub fn pick(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Stream) ->
     idx[idx.len() - 1] as u32
 }
 
-/// Continue `prompt` by up to `n` tokens (stopping at `<|endoftext|>`); returns prompt + text.
-pub fn generate(
-    model: &Llama,
-    tok: &Tok,
-    prompt: &str,
-    n: usize,
-    temperature: f64,
-    top_k: usize,
-    ctx: usize,
-    rng: &mut Stream,
-) -> Result<String> {
+/// How to decode: up to `tokens` new tokens, `temperature` (0 is greedy), `top_k` (0 is all),
+/// and the model's context length `ctx` (older tokens are dropped from the window).
+#[derive(Clone, Copy)]
+pub struct Decode {
+    pub tokens: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub ctx: usize,
+}
+
+/// Continue `prompt` (stopping at `<|endoftext|>`); returns prompt + text.
+pub fn generate(model: &Llama, tok: &Tok, prompt: &str, d: &Decode, rng: &mut Stream) -> Result<String> {
+    let Decode { tokens: n, temperature, top_k, ctx } = *d;
     let mut ids = tok.encode(prompt)?;
     if ids.is_empty() {
         ids.push(tok.eot());
@@ -107,7 +109,13 @@ pub fn run(a: &SampleArgs) -> Result<String> {
     let dir = resolve_checkpoint(&a.checkpoint)?;
     let (cfg, model, tok) = load_model(&dir)?;
     let mut r = rng::stream(a.seed, "sample-cli", "");
-    generate(&model, &tok, &a.prompt, a.tokens, a.temperature, a.top_k, cfg.train.context as usize, &mut r)
+    let d = Decode {
+        tokens: a.tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        ctx: cfg.train.context as usize,
+    };
+    generate(&model, &tok, &a.prompt, &d, &mut r)
 }
 
 #[cfg(test)]

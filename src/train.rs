@@ -329,16 +329,13 @@ fn eval_and_sample(
     let ev = evaluate(model, val, tok, cfg)?;
     let mut r = rng::stream(cfg.run.seed, "eval-sample", &step.to_string());
     let e = &cfg.eval;
-    let text = sample::generate(
-        model,
-        tok,
-        &e.prompt,
-        e.sample_tokens as usize,
-        e.temperature,
-        e.top_k as usize,
-        cfg.train.context as usize,
-        &mut r,
-    )?;
+    let d = sample::Decode {
+        tokens: e.sample_tokens as usize,
+        temperature: e.temperature,
+        top_k: e.top_k as usize,
+        ctx: cfg.train.context as usize,
+    };
+    let text = sample::generate(model, tok, &e.prompt, &d, &mut r)?;
     Ok((ev, text))
 }
 
