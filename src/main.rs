@@ -14,7 +14,14 @@ use tinylm::{sample, threads, verify, Result};
 #[command(
     name = "tinylm",
     version,
-    about = "Train a small language model from raw text to weights, reproducibly, bit for bit."
+    about = "Train a small language model from raw text to weights, reproducibly, bit for bit.",
+    after_help = "Examples:
+  tinylm train --config configs/tiny.toml              train; writes checkpoints/tiny/
+  tinylm train --config configs/tiny.toml --resume     continue after a stop
+  tinylm sample --checkpoint checkpoints/tiny --prompt \"Once upon a time\" --seed 1
+  tinylm verify checkpoints/tiny                       retrain and compare every recorded hash
+
+Exit codes: 0 ok, 1 verify mismatch, 2 error, 130 interrupted (a checkpoint was written)."
 )]
 struct Cli {
     #[command(subcommand)]
