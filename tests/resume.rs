@@ -103,12 +103,12 @@ fn half_written_checkpoints_are_never_resumed_from() {
     assert!(!names.iter().any(|n| n.starts_with('.')), "leftovers tidied: {names:?}");
 }
 
-/// A longer run (400 tiny steps) trained straight into runs/straight, and the args that train
+/// A longer run (800 tiny steps) trained straight into runs/straight, and the args that train
 /// the same config into `run`.
 fn long_run(d: &Dir, run: &str, ckpt_every: u32) -> Vec<String> {
     let mut args: Vec<String> =
         ["train", "--config", &d.config(), "--run-dir", run].map(String::from).to_vec();
-    for s in ["train.steps=400".to_string(), format!("checkpoint.every={ckpt_every}"), "eval.every=0".into()]
+    for s in ["train.steps=800".to_string(), format!("checkpoint.every={ckpt_every}"), "eval.every=0".into()]
     {
         args.push("--set".into());
         args.push(s);
@@ -139,7 +139,7 @@ fn sigint_and_sigterm_checkpoint_and_resume_is_exact() {
         assert!(e.contains("resume with: tinylm train"), "{e}");
         // It stopped early and left a complete checkpoint at the step it reached.
         let (last, _) = *tinylm::checkpoint::list(&d.path(&run)).unwrap().last().unwrap();
-        assert!(last > 50 && last < 400, "SIG{sig}: checkpoint at {last}");
+        assert!(last > 50 && last < 800, "SIG{sig}: checkpoint at {last}");
         resume_to_the_end_and_compare(&d, &args, &run);
     }
 }
@@ -164,13 +164,13 @@ fn kill_9_then_resume_is_exact() {
     resume_to_the_end_and_compare(&d, &args, "runs/k");
 }
 
-/// `--resume` the interrupted run to step 400 and compare with the straight run.
+/// `--resume` the interrupted run to step 800 and compare with the straight run.
 fn resume_to_the_end_and_compare(d: &Dir, args: &[&str], run: &str) {
     let mut a = args.to_vec();
     a.push("--resume");
     let o = d.run(&a);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(weights(&d.path(run), 400), weights(&d.path("runs/straight"), 400));
+    assert_eq!(weights(&d.path(run), 800), weights(&d.path("runs/straight"), 800));
 }
 
 #[test]
