@@ -120,9 +120,10 @@ pub fn recover(run_dir: &Path) -> Result<()> {
         if name.starts_with(".tmp-step-") || name.starts_with(".del-step-") {
             fs::remove_dir_all(&path).at(&path)?;
         } else if let Some(rest) = name.strip_prefix(".old-") {
-            // .old-step-NNNNNNNN-<pid>
-            let step_dir = run_dir.join(rest.get(..13).unwrap_or(rest));
-            if parse_step(rest.get(..13).unwrap_or("")).is_some() && !step_dir.exists() {
+            // .old-step-NNNNNNNN-<pid>: put back as step-NNNNNNNN unless that exists.
+            let step = rest.get(..13).unwrap_or("");
+            let step_dir = run_dir.join(step);
+            if parse_step(step).is_some() && !step_dir.exists() {
                 fs::rename(&path, &step_dir).at(&step_dir)?;
             } else {
                 fs::remove_dir_all(&path).at(&path)?;

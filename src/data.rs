@@ -58,13 +58,18 @@ impl Prepared {
         self.dir.join(TOKENIZER_JSON)
     }
     pub fn split_path(&self, split: &str) -> PathBuf {
-        self.dir.join(format!("{split}.bin"))
+        split_file(&self.dir, split)
     }
     pub fn load_tokens(&self, split: &str) -> Result<Vec<u16>> {
         let p = self.split_path(split);
         let bytes = fs::read(&p).at(&p)?;
         Ok(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
     }
+}
+
+/// The token file of one split in a prepared directory.
+fn split_file(dir: &Path, split: &str) -> PathBuf {
+    dir.join(format!("{split}.bin"))
 }
 
 /// Get the corpus text from the configured source and check its pin.
@@ -181,7 +186,7 @@ pub fn download(url: &str, dest: &Path, want_sha: &str, log: &dyn Fn(&str)) -> R
 /// Where train ends: the last `val_fraction` of bytes is validation, cut at a line start.
 pub fn split_point(text: &str, val_fraction: f64) -> usize {
     let raw = ((text.len() as f64) * (1.0 - val_fraction)).floor() as usize;
-    match text[..].as_bytes()[raw.min(text.len())..].iter().position(|&b| b == b'\n') {
+    match text.as_bytes()[raw.min(text.len())..].iter().position(|&b| b == b'\n') {
         Some(i) => raw + i + 1,
         None => text.len(),
     }
@@ -234,7 +239,7 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
             let id = u16::try_from(*id).map_err(|_| Error::msg("token id does not fit u16"))?;
             bytes.extend_from_slice(&id.to_le_bytes());
         }
-        write_atomic(&dir.join(format!("{split}.bin")), &bytes)?;
+        write_atomic(&split_file(&dir, split), &bytes)?;
         log(&format!("{split}: {} bytes -> {} tokens", part.len(), ids.len()));
         Ok(SplitMeta { tokens: ids.len() as u64, bytes: part.len() as u64, sha256: sha256_hex(&bytes) })
     };

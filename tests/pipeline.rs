@@ -178,30 +178,15 @@ fn errors_are_one_clear_line_and_exit_2() {
         "`optim.lr` (line 2): expected float, found string",
     );
     assert_one_line_error(&d.run(&["train", "--config", "nope.toml"]), "config file nope.toml not found");
-    let missing = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--set",
-        "data.source=\"file\"",
-        "--set",
-        "data.path=\"missing.txt\"",
-        "--set",
-        &format!("data.sha256=\"{}\"", "0".repeat(64)),
-    ]);
+    // A file source with a pinned hash; values may be bare or TOML-quoted.
+    let train_file = |path: &str, sha: &str| {
+        let (path, sha) = (format!("data.path={path}"), format!("data.sha256={sha}"));
+        d.run(&["train", "--config", &cfg, "--set", "data.source=\"file\"", "--set", &path, "--set", &sha])
+    };
+    let missing = train_file("\"missing.txt\"", &format!("\"{}\"", "0".repeat(64)));
     assert_one_line_error(&missing, "data file missing.txt does not exist");
     std::fs::write(d.path("corpus.txt"), "hello world\n".repeat(1000)).unwrap();
-    let mismatch = d.run(&[
-        "train",
-        "--config",
-        &cfg,
-        "--set",
-        "data.source=file",
-        "--set",
-        "data.path=corpus.txt",
-        "--set",
-        &format!("data.sha256={}", "ab".repeat(32)),
-    ]);
+    let mismatch = train_file("corpus.txt", &"ab".repeat(32));
     assert_one_line_error(&mismatch, "sha256 mismatch for corpus.txt");
     assert!(
         !d.path("checkpoints").exists()
