@@ -70,15 +70,29 @@ pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, 
 /// Returns the final directory and the SHA-256 of every file in it, state.json included.
 pub fn write(
     run_dir: &Path,
+    state: State,
+    files: &[(&str, Vec<u8>)],
+) -> Result<(PathBuf, BTreeMap<String, String>)> {
+    let tmp = run_dir.join(format!(".tmp-{}-{}", dir_name(state.step), std::process::id()));
+    let result = write_via(run_dir, &tmp, state, files);
+    if result.is_err() {
+        // A full disk or a failed write: free the space now (recover() would do it next start).
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_via(
+    run_dir: &Path,
+    tmp: &Path,
     mut state: State,
     files: &[(&str, Vec<u8>)],
 ) -> Result<(PathBuf, BTreeMap<String, String>)> {
     let final_dir = run_dir.join(dir_name(state.step));
-    let tmp = run_dir.join(format!(".tmp-{}-{}", dir_name(state.step), std::process::id()));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp).at(&tmp)?;
+        fs::remove_dir_all(tmp).at(tmp)?;
     }
-    fs::create_dir_all(&tmp).at(&tmp)?;
+    fs::create_dir_all(tmp).at(tmp)?;
     let put = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = tmp.join(name);
         let mut f = fs::File::create(&p).at(&p)?;
@@ -94,16 +108,16 @@ pub fn write(
     put(STATE_FILE, &json)?;
     let mut hashes = state.files.clone();
     hashes.insert(STATE_FILE.to_string(), sha256_hex(&json));
-    sync_dir(Some(&tmp));
+    sync_dir(Some(tmp));
     if final_dir.exists() {
         // A rerun past a resume point replaces the old checkpoint of the same step: move the old
         // one aside first (rename onto a non-empty directory fails), then drop it.
         let old = run_dir.join(format!(".old-{}-{}", dir_name(state.step), std::process::id()));
         fs::rename(&final_dir, &old).at(&final_dir)?;
-        fs::rename(&tmp, &final_dir).at(&final_dir)?;
+        fs::rename(tmp, &final_dir).at(&final_dir)?;
         fs::remove_dir_all(&old).at(&old)?;
     } else {
-        fs::rename(&tmp, &final_dir).at(&final_dir)?;
+        fs::rename(tmp, &final_dir).at(&final_dir)?;
     }
     sync_dir(Some(run_dir));
     Ok((final_dir, hashes))
@@ -209,6 +223,16 @@ pub fn read_checked(dir: &Path, state: &State, name: &str) -> Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// What sampling needs: the weights, the config and the tokenizer, each checked against
+/// state.json (the optimizer state is not read, so a model-only copy samples too).
+pub fn load_inference(dir: &Path) -> Result<(State, BTreeMap<String, Tensor>, String)> {
+    let state = read_state(dir)?;
+    let model = from_safetensors(&read_checked(dir, &state, MODEL_FILE)?, &dir.join(MODEL_FILE))?;
+    let config_toml = String::from_utf8_lossy(&read_checked(dir, &state, CONFIG_FILE)?).into_owned();
+    read_checked(dir, &state, TOKENIZER_FILE)?;
+    Ok((state, model, config_toml))
 }
 
 pub fn load(dir: &Path) -> Result<Loaded> {

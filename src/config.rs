@@ -196,6 +196,38 @@ impl Default for CheckpointConfig {
         Self { every: 500, keep_last: 0, keep_every: 0 }
     }
 }
+/// Largest `train.steps`: checkpoint directories are named `step-` + 8 digits.
+pub const MAX_STEPS: u64 = 99_999_999;
+/// Largest built-in corpus (1 GiB).
+pub const MAX_BUILTIN_BYTES: u64 = 1 << 30;
+
+/// A run name becomes a directory name: no separators, no `.`/`..`, no leading dot (hidden,
+/// and the prefix tinylm uses for its temp files), no control characters.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 200 {
+        return Err("must be a name of 1 to 200 bytes".into());
+    }
+    if name.starts_with('.') {
+        return Err(format!("must not start with a dot, found {name:?}"));
+    }
+    if name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        return Err(format!("must be a plain name without slashes or control characters, found {name:?}"));
+    }
+    Ok(())
+}
+
+/// Physical memory in bytes (MemTotal), or 16 GiB where it cannot be read.
+pub fn available_memory() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib * 1024.0)
+        .unwrap_or(16.0 * (1u64 << 30) as f64)
+}
+
 /// Keys that may be absent (no default value); all strings.
 const OPTIONAL_KEYS: &[&str] = &["data.path", "data.sha256", "data.url"];
 
@@ -305,6 +337,11 @@ impl Config {
 
         let sections: std::collections::BTreeSet<&str> =
             schema.keys().filter_map(|k| k.split_once('.').map(|(s, _)| s)).collect();
+        // Keys already reported are dropped (their defaults stand in), so the value checks
+        // below still run and every problem of the file is reported in one go.
+        let mut reported: std::collections::BTreeSet<String> = Default::default();
+        let mut drop_sections = Vec::new();
+        let mut drop_keys = Vec::new();
         for (section, v) in table.iter_mut() {
             if !sections.contains(section.as_str()) {
                 problems.push(format!(
@@ -312,10 +349,12 @@ impl Config {
                     at(section, ""),
                     sections.iter().copied().collect::<Vec<_>>().join(", ")
                 ));
+                drop_sections.push(section.clone());
                 continue;
             }
             let toml::Value::Table(t) = v else {
                 problems.push(format!("`{section}` must be a table [{section}]"));
+                drop_sections.push(section.clone());
                 continue;
             };
             for (key, value) in t.iter_mut() {
@@ -333,6 +372,7 @@ impl Config {
                             "unknown key `{full}`{origin}; known keys in [{section}]: {}",
                             known.join(", ")
                         ));
+                        drop_keys.push((section.clone(), key.clone()));
                     }
                     Some(&want) => {
                         // An integer is fine where a float is expected (lr = 1).
@@ -343,56 +383,82 @@ impl Config {
                         }
                         let got = value.type_str();
                         if got != want {
-                            problems
-                                .push(format!("`{full}`{origin}: expected {want}, found {got} `{value}`"));
+                            let quote = if want == "string" && from_cli.contains_key(&full) {
+                                format!(" (quote it: --set '{full}=\"{value}\"')")
+                            } else {
+                                String::new()
+                            };
+                            problems.push(format!(
+                                "`{full}`{origin}: expected {want}, found {got} `{value}`{quote}"
+                            ));
+                            drop_keys.push((section.clone(), key.clone()));
                         } else if want == "integer" && value.as_integer().is_some_and(|i| i < 0) {
                             problems.push(format!("`{full}`{origin}: must not be negative, found {value}"));
+                            drop_keys.push((section.clone(), key.clone()));
                         }
                     }
                 }
             }
         }
+        for s in &drop_sections {
+            table.remove(s);
+        }
+        for (s, k) in &drop_keys {
+            if let Some(toml::Value::Table(t)) = table.get_mut(s) {
+                t.remove(k);
+            }
+            reported.insert(format!("{s}.{k}"));
+        }
+        let cfg: Config = match toml::Value::Table(table).try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                problems.push(e.to_string().trim_end().to_string());
+                return Err(bad(problems));
+            }
+        };
+        for (key, msg) in cfg.validate() {
+            if reported.contains(key) {
+                continue;
+            }
+            let (s, k) = key.split_once('.').unwrap_or((key, ""));
+            let origin = if from_cli.contains_key(key) { " (from --set)".to_string() } else { at(s, k) };
+            problems.push(format!("`{key}`{origin}: {msg}"));
+        }
         if !problems.is_empty() {
             return Err(bad(problems));
-        }
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| bad(vec![e.to_string().trim_end().to_string()]))?;
-        let problems = cfg.validate();
-        if !problems.is_empty() {
-            return Err(bad(problems
-                .into_iter()
-                .map(|(key, msg)| {
-                    let (s, k) = key.split_once('.').unwrap_or((key, ""));
-                    let origin =
-                        if from_cli.contains_key(key) { " (from --set)".to_string() } else { at(s, k) };
-                    format!("`{key}`{origin}: {msg}")
-                })
-                .collect()));
         }
         Ok(cfg)
     }
 
     /// Value checks, all at once: (key, problem). Float checks are written `!(x > 0.0)` on
-    /// purpose: NaN fails them.
+    /// purpose: NaN fails them; every float must also be finite as an f32, since that is the
+    /// precision it is used in.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut p: Vec<(&'static str, String)> = Vec::new();
-        let mut positive = |key: &'static str, v: u64| {
-            if v == 0 {
-                p.push((key, "must be at least 1".into()));
+        // Integers: at least 1 and at most a bound far beyond any CPU run (so sizes never
+        // overflow and the memory estimate below can speak).
+        let mut range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                p.push((key, format!("must be in {lo}..={hi}, found {v}")));
             }
         };
-        positive("model.n_layer", self.model.n_layer);
-        positive("model.n_head", self.model.n_head);
-        positive("model.d_model", self.model.d_model);
-        positive("model.d_ff", self.model.d_ff);
-        positive("train.steps", self.train.steps);
-        positive("train.batch_size", self.train.batch_size);
-        positive("train.context", self.train.context);
-        positive("train.grad_accum", self.train.grad_accum);
-        positive("train.log_every", self.train.log_every);
-        positive("eval.batches", self.eval.batches);
+        range("model.n_layer", self.model.n_layer, 1, 1024);
+        range("model.n_head", self.model.n_head, 1, 1024);
+        range("model.d_model", self.model.d_model, 1, 65536);
+        range("model.d_ff", self.model.d_ff, 1, 1 << 20);
+        // Checkpoint directories are named with 8 digits.
+        range("train.steps", self.train.steps, 1, MAX_STEPS);
+        range("train.batch_size", self.train.batch_size, 1, 1 << 20);
+        range("train.context", self.train.context, 1, 1 << 20);
+        range("train.grad_accum", self.train.grad_accum, 1, 1 << 20);
+        range("train.log_every", self.train.log_every, 1, MAX_STEPS);
+        range("eval.batches", self.eval.batches, 1, 1 << 20);
+        range("eval.sample_tokens", self.eval.sample_tokens, 0, 1 << 20);
+        range("run.threads", self.run.threads, 0, 1024);
+        range("optim.warmup_steps", self.optim.warmup_steps, 0, MAX_STEPS);
+        range("optim.schedule_steps", self.optim.schedule_steps, 0, MAX_STEPS);
         let m = &self.model;
         if m.n_head > 0 && !m.d_model.is_multiple_of(m.n_head) {
             p.push((
@@ -402,12 +468,26 @@ impl Config {
         } else if m.n_head > 0 && !(m.d_model / m.n_head).is_multiple_of(2) {
             p.push(("model.d_model", "head size d_model / n_head must be even for rotary embeddings".into()));
         }
-        if !(self.model.rope_theta > 0.0) {
-            p.push(("model.rope_theta", "must be > 0".into()));
-        }
-        if !(self.model.norm_eps > 0.0) {
-            p.push(("model.norm_eps", "must be > 0".into()));
-        }
+        let finite = |v: f64| v.is_finite() && (v as f32).is_finite();
+        let mut float = |key: &'static str, v: f64, ok: bool, want: &str| {
+            if !(ok && finite(v)) {
+                p.push((key, format!("must be {want}, found {v}")));
+            }
+        };
+        float("model.rope_theta", m.rope_theta, m.rope_theta > 0.0, "a finite number > 0");
+        float("model.norm_eps", m.norm_eps, m.norm_eps > 0.0 && m.norm_eps < 1.0, "in (0, 1)");
+        let o = &self.optim;
+        float("optim.lr", o.lr, o.lr > 0.0, "a finite number > 0");
+        float("optim.min_lr", o.min_lr, o.min_lr >= 0.0 && o.min_lr <= o.lr, "in [0, optim.lr]");
+        float("optim.beta1", o.beta1, (0.0..1.0).contains(&o.beta1), "in [0, 1)");
+        float("optim.beta2", o.beta2, (0.0..1.0).contains(&o.beta2), "in [0, 1)");
+        float("optim.eps", o.eps, o.eps > 0.0 && o.eps < 1.0, "in (0, 1)");
+        float("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a finite number >= 0");
+        float("optim.grad_clip", o.grad_clip, o.grad_clip >= 0.0, "a finite number >= 0 (0 disables clipping)");
+        let d = &self.data;
+        float("data.val_fraction", d.val_fraction, d.val_fraction > 0.0 && d.val_fraction < 0.5, "in (0, 0.5)");
+        let t = self.eval.temperature;
+        float("eval.temperature", t, t >= 0.0, "a finite number >= 0 (0 is greedy)");
         let v = self.tokenizer.vocab_size;
         if !(258..=65535).contains(&v) {
             p.push((
@@ -415,35 +495,13 @@ impl Config {
                 format!("{v} is out of range 258..=65535 (256 bytes + <|endoftext|> + merges)"),
             ));
         }
-        let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            p.push(("optim.lr", format!("must be a positive number, found {}", o.lr)));
-        }
-        if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            p.push(("optim.min_lr", format!("must be in [0, optim.lr], found {}", o.min_lr)));
-        }
-        for (key, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                p.push((key, format!("must be in [0, 1), found {b}")));
-            }
-        }
-        if !(o.eps > 0.0) {
-            p.push(("optim.eps", "must be > 0".into()));
-        }
-        if !(o.weight_decay >= 0.0) {
-            p.push(("optim.weight_decay", "must be >= 0".into()));
-        }
-        if !(o.grad_clip >= 0.0) {
-            p.push(("optim.grad_clip", "must be >= 0 (0 disables clipping)".into()));
-        }
-        let d = &self.data;
-        if !(d.val_fraction > 0.0 && d.val_fraction < 0.5) {
-            p.push(("data.val_fraction", format!("must be in (0, 0.5), found {}", d.val_fraction)));
-        }
         match d.source.as_str() {
             "builtin" => {
-                if d.builtin_bytes < 10_000 {
-                    p.push(("data.builtin_bytes", "must be at least 10000".into()));
+                if !(10_000..=MAX_BUILTIN_BYTES).contains(&d.builtin_bytes) {
+                    p.push((
+                        "data.builtin_bytes",
+                        format!("must be in 10000..={MAX_BUILTIN_BYTES}, found {}", d.builtin_bytes),
+                    ));
                 }
             }
             "file" => {
@@ -475,13 +533,82 @@ impl Config {
                 p.push(("data.sha256", "must be 64 hex digits".into()));
             }
         }
-        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
-            p.push(("run.name", "must be a non-empty name without slashes".into()));
+        if let Some(u) = &d.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.chars().any(char::is_control) {
+                p.push(("data.url", format!("must be an http:// or https:// address, found {u:?}")));
+            }
         }
-        if self.eval.temperature < 0.0 {
-            p.push(("eval.temperature", "must be >= 0 (0 is greedy)".into()));
+        for (key, val) in [("data.path", d.path.as_deref()), ("data.dir", Some(d.dir.as_str()))] {
+            if let Some(v) = val {
+                if v.is_empty() || v.contains('\0') {
+                    p.push((key, "must be a non-empty path".into()));
+                }
+            }
+        }
+        if let Err(why) = check_name(&self.run.name) {
+            p.push(("run.name", why));
+        }
+        if p.is_empty() {
+            if let Some(problem) = self.memory_problem(available_memory()) {
+                p.push(problem);
+            }
         }
         p
+    }
+
+    /// Parameters of the model (with a vocabulary of `tokenizer.vocab_size`).
+    pub fn param_count(&self) -> f64 {
+        let m = &self.model;
+        let (v, c, f, l) =
+            (self.tokenizer.vocab_size as f64, m.d_model as f64, m.d_ff as f64, m.n_layer as f64);
+        2.0 * v * c + c + l * (4.0 * c * c + 3.0 * c * f + 2.0 * c)
+    }
+
+    /// A rough estimate of peak memory in bytes, by part: (parameters with gradients, AdamW
+    /// moments and checkpoint serialization; activations kept for backward of one
+    /// micro-batch; corpus and tokenizer training).
+    pub fn memory_estimate(&self) -> (f64, f64, f64) {
+        let m = &self.model;
+        let (b, t) = (self.train.batch_size as f64, self.train.context as f64);
+        let (c, f, h, l) = (m.d_model as f64, m.d_ff as f64, m.n_head as f64, m.n_layer as f64);
+        let v = self.tokenizer.vocab_size as f64;
+        let params = self.param_count() * 4.0 * 7.0;
+        // Per token and layer: ~16 d_model-wide and ~6 d_ff-wide tensors plus ~4 attention rows
+        // of length T per head; plus ~4 vocab-wide tensors for logits and the loss.
+        let acts = b * t * (l * (16.0 * c + 6.0 * f + 4.0 * h * t) + 4.0 * v) * 4.0;
+        let corpus = match self.data.source.as_str() {
+            "builtin" => self.data.builtin_bytes as f64 * 24.0,
+            _ => 0.0,
+        };
+        (params, acts, corpus)
+    }
+
+    /// The memory estimate against what the machine has, naming the key that dominates.
+    fn memory_problem(&self, avail: f64) -> Option<(&'static str, String)> {
+        let (params, acts, corpus) = self.memory_estimate();
+        let total = params + acts + corpus;
+        if total <= avail {
+            return None;
+        }
+        let gib = |x: f64| format!("{:.1} GiB", x / (1u64 << 30) as f64);
+        let key = if params >= acts && params >= corpus {
+            "model.d_model"
+        } else if acts >= corpus {
+            "train.batch_size"
+        } else {
+            "data.builtin_bytes"
+        };
+        Some((
+            key,
+            format!(
+                "this run needs about {} (parameters and optimizer {}, activations {}, corpus {}) but the machine has {}; make the model, train.batch_size x train.context or the corpus smaller",
+                gib(total),
+                gib(params),
+                gib(acts),
+                gib(corpus),
+                gib(avail)
+            ),
+        ))
     }
 
     /// The resolved config as TOML: every key explicit, so the file alone reproduces the run.

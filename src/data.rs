@@ -183,13 +183,27 @@ pub fn download(url: &str, dest: &Path, want_sha: &str, log: &dyn Fn(&str)) -> R
     }
 }
 
-/// Where train ends: the last `val_fraction` of bytes is validation, cut at a line start.
+/// Where train ends: the last `val_fraction` of bytes is validation, cut at a line start: the
+/// next one after the exact point, else the previous one, else (a corpus with no line break
+/// near the end) the exact point moved to the next character boundary.
 pub fn split_point(text: &str, val_fraction: f64) -> usize {
-    let raw = ((text.len() as f64) * (1.0 - val_fraction)).floor() as usize;
-    match text.as_bytes()[raw.min(text.len())..].iter().position(|&b| b == b'\n') {
-        Some(i) => raw + i + 1,
-        None => text.len(),
+    let raw = (((text.len() as f64) * (1.0 - val_fraction)).floor() as usize).min(text.len());
+    let bytes = text.as_bytes();
+    if let Some(i) = bytes[raw..].iter().position(|&b| b == b'\n') {
+        if raw + i + 1 < text.len() {
+            return raw + i + 1;
+        }
     }
+    if let Some(i) = bytes[..raw].iter().rposition(|&b| b == b'\n') {
+        if i + 1 < text.len() {
+            return i + 1;
+        }
+    }
+    let mut cut = raw;
+    while cut < text.len() && !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    cut
 }
 
 /// Run the data and tokenizer steps, reusing earlier results when their inputs are unchanged.
@@ -198,10 +212,15 @@ pub fn split_point(text: &str, val_fraction: f64) -> usize {
 pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prepared> {
     let (text, name) = corpus_text(cfg, data_dir, log)?;
     let corpus_sha = sha256_hex(text.as_bytes());
+    // Every input of the tokenizer and token files: the corpus, the split, the vocabulary, our
+    // tokenizer recipe and the `tokenizers` crate that executes it.
     let key = sha256_hex(
         format!(
-            "tinylm-prep-v{PREP_FORMAT}\n{corpus_sha}\n{}\n{}",
-            cfg.data.val_fraction, cfg.tokenizer.vocab_size
+            "tinylm-prep-v{PREP_FORMAT}\n{corpus_sha}\n{}\n{}\n{}\n{}",
+            cfg.data.val_fraction,
+            cfg.tokenizer.vocab_size,
+            tokenizer::RECIPE,
+            crate::manifest::tokenizers_version()
         )
         .as_bytes(),
     );
@@ -220,7 +239,22 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
     let cut = split_point(&text, cfg.data.val_fraction);
     let (train_text, val_text) = text.split_at(cut);
     if val_text.is_empty() || train_text.is_empty() {
-        return Err(Error::msg("corpus too small to split into train and validation"));
+        return Err(Error::hint(
+            format!(
+                "the corpus ({} bytes) cannot be split into train and validation at data.val_fraction = {}",
+                text.len(),
+                cfg.data.val_fraction
+            ),
+            "use a larger corpus, or a data.val_fraction that leaves text on both sides",
+        ));
+    }
+    let actual = val_text.len() as f64 / text.len() as f64;
+    if (actual - cfg.data.val_fraction).abs() > 0.25 * cfg.data.val_fraction {
+        log(&format!(
+            "note: the validation split is {:.1}% of the corpus (data.val_fraction = {}): the cut moves to a line start, and the lines near it are long",
+            actual * 100.0,
+            cfg.data.val_fraction
+        ));
     }
     log(&format!(
         "training BPE tokenizer (vocab {}) on {} bytes",
@@ -316,7 +350,11 @@ mod tests {
         let text = "aaaa\nbbbb\ncccc\ndddd\n";
         let cut = split_point(text, 0.3);
         assert_eq!(&text[cut..], "dddd\n");
-        assert_eq!(split_point("abc", 0.5), 3);
+        // No line break after the point: the previous line start.
+        assert_eq!(split_point("aaaa\nbbbbbbbbbbbbbbbb", 0.3), 5);
+        // No line break at all: the exact point, at a character boundary.
+        assert_eq!(split_point("abcdefghij", 0.3), 7);
+        assert_eq!(split_point("ééééé", 0.3), 8);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod run;
 pub mod sample;
 pub mod threads;
 pub mod tokenizer;

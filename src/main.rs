@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tinylm::config::Config;
 use tinylm::train::{Outcome, Resume, TrainArgs};
-use tinylm::{sample, threads, verify, Result};
+use tinylm::{sample, threads, verify, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -17,7 +17,7 @@ use tinylm::{sample, threads, verify, Result};
     about = "Train a small language model from raw text to weights, reproducibly, bit for bit.",
     after_help = "Examples:
   tinylm train --config configs/tiny.toml              train; writes checkpoints/tiny/
-  tinylm train --config configs/tiny.toml --resume     continue after a stop
+  tinylm train --resume checkpoints/tiny               continue a run after a stop
   tinylm sample --checkpoint checkpoints/tiny --prompt \"Once upon a time\" --seed 1
   tinylm verify checkpoints/tiny                       retrain and compare every recorded hash
 
@@ -31,20 +31,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a model as the config says, writing checkpoints, metrics and a manifest into the
-    /// run directory.
+    /// run directory. `--resume RUN_DIR` alone continues a run with its own recorded config.
     Train {
-        /// The run's TOML config, e.g. configs/tiny.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Run directory (default: checkpoints/<run.name>).
+        /// The run's TOML config, e.g. configs/tiny.toml. Optional with --resume: the run
+        /// directory's config.toml (the resolved config, overrides included) is used.
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Run directory (default: the one --resume names, else checkpoints/<run.name>).
         #[arg(long)]
         run_dir: Option<PathBuf>,
         /// Override a config value: --set train.steps=100 (repeatable; typed and checked).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         set: Vec<String>,
-        /// Continue from the newest complete checkpoint in the run directory, or from PATH.
+        /// Continue a run: from the newest complete checkpoint of the run directory, or from
+        /// PATH (a run directory, or one of its step-NNNNNNNN checkpoints).
         #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
         resume: Option<String>,
+        /// Check the config and print the plan (parameters, memory estimate, run directory);
+        /// write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Only the data and tokenizer steps: corpus, split, tokenizer.json, token files.
     Prepare {
@@ -63,7 +69,7 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         tokens: usize,
         /// 0 is greedy.
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
         temperature: f64,
         /// Sample from the k most likely tokens; 0 means all.
         #[arg(long, default_value_t = 40)]
@@ -82,13 +88,15 @@ enum Cmd {
         /// Only check the files on disk against the manifest (no retraining).
         #[arg(long)]
         files_only: bool,
-        /// Scratch directory for the re-execution (default: a temp directory).
+        /// Where to rebuild the data for the re-execution: a new or empty directory (default: a
+        /// new temp directory). Verify removes only what it creates there.
         #[arg(long)]
         scratch: Option<PathBuf>,
         /// Keep the scratch directory afterwards.
         #[arg(long)]
         keep_scratch: bool,
-        /// Threads for the re-execution (default: the run's run.threads). Never changes results.
+        /// Threads for the re-execution (default: the run's run.threads; 0 = all cores). Never
+        /// changes results.
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -119,22 +127,40 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Train { config, run_dir, set, resume } => {
-            let cfg = Config::load(&config, &set)?;
-            threads::configure(cfg.threads());
-            let run_dir = run_dir.unwrap_or_else(|| cfg.default_run_dir());
+        Cmd::Train { config, run_dir, set, resume, dry_run } => {
             let resume =
                 resume.map(|p| if p.is_empty() { Resume::Latest } else { Resume::From(PathBuf::from(p)) });
-            let stop = stop_flag();
-            let args = TrainArgs {
-                cfg,
-                overrides: set,
-                run_dir: run_dir.clone(),
-                resume,
-                extra_checkpoints: Default::default(),
-                verbose: true,
-                data_dir: None,
+            // The run a --resume PATH names: the directory itself, or the one holding a checkpoint.
+            let named_run = match &resume {
+                Some(Resume::From(p)) if p.join(tinylm::checkpoint::STATE_FILE).is_file() => {
+                    p.parent().map(PathBuf::from)
+                }
+                Some(Resume::From(p)) => Some(p.clone()),
+                _ => None,
             };
+            let (cfg, run_dir) = match config {
+                Some(config) => {
+                    let cfg = Config::load(&config, &set)?;
+                    let run_dir = run_dir.or(named_run).unwrap_or_else(|| cfg.default_run_dir());
+                    (cfg, run_dir)
+                }
+                None => {
+                    let run_dir = run_dir.or(named_run).ok_or_else(|| {
+                        Error::hint(
+                            "--resume without --config needs the run directory",
+                            "pass it: tinylm train --resume RUN_DIR (e.g. checkpoints/tiny)",
+                        )
+                    })?;
+                    (run_config(&run_dir, &set)?, run_dir)
+                }
+            };
+            if dry_run {
+                print!("{}", plan(&cfg, &run_dir, resume.is_some()));
+                return Ok(ExitCode::SUCCESS);
+            }
+            threads::configure(cfg.threads());
+            let stop = stop_flag();
+            let args = TrainArgs { cfg, overrides: set, run_dir: run_dir.clone(), resume };
             match tinylm::train::train(args, &stop)? {
                 Outcome::Finished { step, val } => {
                     eprintln!(
@@ -148,10 +174,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Outcome::Interrupted { step, checkpoint } => {
                     eprintln!(
-                        "interrupted after step {step}; checkpoint {} written.\nresume with: tinylm train --config {} --run-dir {} --resume",
+                        "interrupted after step {step}; checkpoint {} written.\nresume with: {}",
                         checkpoint.display(),
-                        config.display(),
-                        run_dir.display()
+                        tinylm::train::resume_command(&run_dir)
                     );
                     Ok(ExitCode::from(130))
                 }
@@ -171,6 +196,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sample { checkpoint, prompt, tokens, temperature, top_k, seed } => {
+            if !(temperature.is_finite() && temperature >= 0.0) {
+                return Err(Error::hint(
+                    format!("--temperature must be a finite number >= 0, found {temperature}"),
+                    "use 0 for greedy decoding, or e.g. --temperature 0.8",
+                ));
+            }
             threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let text =
                 sample::run(&sample::SampleArgs { checkpoint, prompt, tokens, temperature, top_k, seed })?;
@@ -180,7 +211,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify { run_dir, from, files_only, scratch, keep_scratch, threads: n } => {
             let cfg_path = run_dir.join(tinylm::checkpoint::CONFIG_FILE);
             let n = match n {
-                Some(n) => n,
+                Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                Some(n) => n.min(1024),
                 None => Config::load(&cfg_path, &[]).map(|c| c.threads()).unwrap_or(1),
             };
             threads::configure(n);
@@ -205,4 +237,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The config of an existing run for a resume without --config: its config.toml, which must
+/// still be the one its manifest records, plus the new overrides.
+fn run_config(run_dir: &std::path::Path, set: &[String]) -> Result<Config> {
+    let path = run_dir.join(tinylm::checkpoint::CONFIG_FILE);
+    if !path.is_file() {
+        return Err(Error::hint(
+            format!("{} not found: {} is not a tinylm run directory", path.display(), run_dir.display()),
+            "pass the directory `tinylm train` wrote, or give the config with --config FILE",
+        ));
+    }
+    if let Some(m) = tinylm::run::read_manifest(run_dir)? {
+        let got = tinylm::util::sha256_file(&path)?;
+        if got != m.config_sha256 {
+            return Err(Error::hint(
+                format!("{}: sha256 {got} does not match the run manifest ({})", path.display(), m.config_sha256),
+                "the run's config was changed after it ran: restore it (each checkpoint holds a copy), or pass --config",
+            ));
+        }
+    }
+    Config::load(&path, set)
+}
+
+/// What `train --dry-run` prints: the derived numbers a user wants before a run starts.
+fn plan(cfg: &Config, run_dir: &std::path::Path, resume: bool) -> String {
+    let (params, acts, corpus) = cfg.memory_estimate();
+    let gib = |x: f64| format!("{:.2} GiB", x / (1u64 << 30) as f64);
+    let t = &cfg.train;
+    format!(
+        "config ok\nrun directory  {}{}\nparameters     {:.0} (vocab {}, {} layers, d_model {}, d_ff {})\ntokens/step    {}\nsteps          {} (schedule {})\nmemory         about {} (parameters and optimizer {}, activations {}, corpus {})\n",
+        run_dir.display(),
+        if resume { " (resume)" } else { "" },
+        cfg.param_count(),
+        cfg.tokenizer.vocab_size,
+        cfg.model.n_layer,
+        cfg.model.d_model,
+        cfg.model.d_ff,
+        t.batch_size * t.context * t.grad_accum,
+        t.steps,
+        cfg.schedule_steps(),
+        gib(params + acts + corpus),
+        gib(params),
+        gib(acts),
+        gib(corpus)
+    )
 }

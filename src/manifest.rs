@@ -62,7 +62,12 @@ pub struct Manifest {
     pub config_sha256: String,
     pub data: DataRecord,
     pub sessions: Vec<Session>,
+    /// Checkpoints of the current timeline, by step.
     pub checkpoints: Vec<CheckpointRecord>,
+    /// Checkpoints of timelines a resume from an older step left behind, with `dir` pointing
+    /// under `abandoned/` (kept, never deleted by tinylm).
+    #[serde(default)]
+    pub abandoned: Vec<CheckpointRecord>,
 }
 
 impl DataRecord {
@@ -90,6 +95,11 @@ pub fn build_info() -> Build {
         cargo_lock_sha256: sha256_hex(lock.as_bytes()),
         candle_version: lock_version(lock, "candle-core").unwrap_or_else(|| "unknown".into()),
     }
+}
+
+/// The version of the `tokenizers` crate this binary was built with (from Cargo.lock).
+pub fn tokenizers_version() -> String {
+    lock_version(include_str!("../Cargo.lock"), "tokenizers").unwrap_or_else(|| "unknown".into())
 }
 
 /// The version of a package in Cargo.lock.

@@ -94,14 +94,14 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Load a checkpoint's model and tokenizer, checking every file against state.json.
+/// Load a checkpoint's model and tokenizer, each checked against state.json (the optimizer
+/// state is not needed).
 pub fn load_model(dir: &Path) -> Result<(Config, Llama, Tok)> {
-    let loaded = checkpoint::load(dir)?;
-    let cfg = Config::from_source(&loaded.config_toml, &dir.join(CONFIG_FILE), &[])?;
-    checkpoint::read_checked(dir, &loaded.state, TOKENIZER_FILE)?;
+    let (_, weights, config_toml) = checkpoint::load_inference(dir)?;
+    let cfg = Config::from_source(&config_toml, &dir.join(CONFIG_FILE), &[])?;
     let tok = Tok::from_file(&dir.join(TOKENIZER_FILE))?;
     let dims = Dims::new(&cfg.model, tok.vocab_size());
-    let model = Llama::from_tensors(dims, &loaded.model, &dir.join(MODEL_FILE).display().to_string())?;
+    let model = Llama::from_tensors(dims, &weights, &dir.join(MODEL_FILE).display().to_string())?;
     Ok((cfg, model, tok))
 }
 

@@ -13,6 +13,11 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// The recipe below and in `Tok::encode`, versioned: part of the prepared-data cache key, so a
+/// change to how the tokenizer is trained or applied rebuilds the token files. Bump it with any
+/// such change.
+pub const RECIPE: &str = "bytelevel-bpe-gpt2-split-eot-lines-64k-pieces-v1";
+
 /// Train a tokenizer on `text` and return its JSON. Documents are split on `<|endoftext|>` so
 /// the marker itself is never merged; lines keep their newline so whitespace merges are learned.
 pub fn train(text: &str, vocab_size: usize) -> Result<String> {

@@ -5,10 +5,11 @@ use crate::checkpoint::{self, State, CONFIG_FILE, MODEL_FILE, OPTIM_FILE, TOKENI
 use crate::config::{is_result_neutral, Config};
 use crate::data::{self, Prepared};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, CheckpointRecord, DataRecord, Manifest, Session};
+use crate::manifest::{self, DataRecord, Manifest, Session};
 use crate::model::{self, Dims, Llama};
 use crate::optim::{self, AdamW};
 use crate::rng;
+use crate::run::{self, shell_quote, RunDir};
 use crate::sample;
 use crate::tokenizer::Tok;
 use crate::util::{sha256_hex, write_atomic};
@@ -16,13 +17,15 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub use crate::run::METRICS_FILE;
 
+/// Where a resume starts: the newest complete checkpoint of the run directory, or a given
+/// checkpoint directory.
 pub enum Resume {
     Latest,
     From(PathBuf),
@@ -33,17 +36,16 @@ pub struct TrainArgs {
     pub overrides: Vec<String>,
     pub run_dir: PathBuf,
     pub resume: Option<Resume>,
-    /// Extra steps to checkpoint at (verify uses it to reproduce every recorded checkpoint).
-    pub extra_checkpoints: BTreeSet<u64>,
-    /// Print progress and samples (off for verify's scratch runs).
-    pub verbose: bool,
-    /// Where derived data goes instead of `data.dir` (verify rebuilds it in scratch).
-    pub data_dir: Option<PathBuf>,
 }
 
 pub enum Outcome {
     Finished { step: u64, val: EvalResult },
     Interrupted { step: u64, checkpoint: PathBuf },
+}
+
+/// The command that continues a run: the run directory alone holds its config.
+pub fn resume_command(run_dir: &Path) -> String {
+    format!("tinylm train --resume {}", shell_quote(&run_dir.display().to_string()))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +73,7 @@ pub fn evaluate(model: &Llama, val: &[u16], tok: &Tok, cfg: &Config) -> Result<E
 }
 
 /// Inputs (B, T) and flattened targets (B*T) for windows starting at `offsets`.
-fn make_batch(tokens: &[u16], offsets: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
+pub fn make_batch(tokens: &[u16], offsets: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
     let mut x = Vec::with_capacity(offsets.len() * t);
     let mut y = Vec::with_capacity(offsets.len() * t);
     for &o in offsets {
@@ -109,73 +111,6 @@ pub fn incompatible(old: &Config, new: &Config) -> Vec<(String, String, String)>
     out
 }
 
-struct Run<'a> {
-    cfg: &'a Config,
-    dir: &'a Path,
-    config_bytes: Vec<u8>,
-    tokenizer_bytes: Vec<u8>,
-    manifest: Manifest,
-}
-
-impl Run<'_> {
-    fn checkpoint(
-        &mut self,
-        step: u64,
-        model: &Llama,
-        opt: &AdamW,
-        train_loss: f64,
-        val_loss: Option<f64>,
-        keep: bool,
-    ) -> Result<PathBuf> {
-        let state = State {
-            format_version: checkpoint::FORMAT_VERSION,
-            step,
-            config_sha256: sha256_hex(&self.config_bytes),
-            train_loss,
-            val_loss,
-            files: BTreeMap::new(),
-            data: data_hashes(&self.manifest.data),
-        };
-        let files = [
-            (MODEL_FILE, checkpoint::to_safetensors(&model.tensors())?),
-            (OPTIM_FILE, checkpoint::to_safetensors(&opt.state()?)?),
-            (CONFIG_FILE, self.config_bytes.clone()),
-            (TOKENIZER_FILE, self.tokenizer_bytes.clone()),
-        ];
-        let (dir, files) = checkpoint::write(self.dir, state, &files)?;
-        self.manifest.record(CheckpointRecord {
-            step,
-            dir: checkpoint::dir_name(step),
-            files,
-            train_loss,
-            val_loss,
-            present: true,
-        });
-        if !keep {
-            self.retain()?;
-        }
-        self.manifest.save(self.dir)?;
-        Ok(dir)
-    }
-
-    /// Apply the retention policy; a directory is renamed away before it is removed so a crash
-    /// mid-delete never leaves a partial `step-*` directory.
-    fn retain(&mut self) -> Result<()> {
-        let steps: Vec<u64> = checkpoint::list(self.dir)?.into_iter().map(|(s, _)| s).collect();
-        let c = &self.cfg.checkpoint;
-        for step in checkpoint::to_delete(&steps, c.keep_last, c.keep_every) {
-            let d = self.dir.join(checkpoint::dir_name(step));
-            let gone = self.dir.join(format!(".del-{}-{}", checkpoint::dir_name(step), std::process::id()));
-            fs::rename(&d, &gone).at(&d)?;
-            fs::remove_dir_all(&gone).at(&gone)?;
-            for r in self.manifest.checkpoints.iter_mut().filter(|r| r.step == step) {
-                r.present = false;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The data hashes a checkpoint records and a resume compares.
 fn data_hashes(d: &DataRecord) -> BTreeMap<String, String> {
     [
@@ -187,47 +122,50 @@ fn data_hashes(d: &DataRecord) -> BTreeMap<String, String> {
     .into()
 }
 
-fn create_run_dir(dir: &Path) -> Result<()> {
-    let unwritable = |e: std::io::Error| {
-        Error::hint(
-            format!("cannot write run directory {}: {e}", dir.display()),
-            "choose a writable location with --run-dir DIR",
-        )
+/// Which checkpoint a resume starts from; a directory that is not a checkpoint but holds them
+/// (a run directory) means its newest.
+fn resume_dir(r: &Resume, run_dir: &Path) -> Result<PathBuf> {
+    let newest = |dir: &Path| -> Result<PathBuf> {
+        match checkpoint::list(dir)?.pop() {
+            Some((_, d)) => Ok(d),
+            None => Err(Error::hint(
+                format!("no complete checkpoint in {} to resume from", dir.display()),
+                "start without --resume, or pass --resume PATH to a run directory or a step-NNNNNNNN directory",
+            )),
+        }
     };
-    fs::create_dir_all(dir).map_err(unwritable)?;
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    fs::write(&probe, b"").map_err(unwritable)?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+    match r {
+        Resume::Latest => newest(run_dir),
+        Resume::From(p) if p.join(checkpoint::STATE_FILE).is_file() => Ok(p.clone()),
+        Resume::From(p) if p.is_dir() && run::looks_like_run(p) => newest(p),
+        Resume::From(p) => checkpoint::read_state(p).map(|_| p.clone()),
+    }
 }
 
-/// Find and check the checkpoint to resume from.
+/// Two paths name the same directory (both must exist).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Find and check the checkpoint to resume from, writing nothing: its files against its
+/// state.json and against the manifest of the run it belongs to, its config against ours, and
+/// its data hashes against the prepared data.
 fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) -> Result<checkpoint::Loaded> {
-    let dir = match r {
-        Resume::From(p) => p.clone(),
-        Resume::Latest => match checkpoint::list(run_dir)?.pop() {
-            Some((_, d)) => d,
-            None => {
-                return Err(Error::hint(
-                    format!("no complete checkpoint in {} to resume from", run_dir.display()),
-                    "start without --resume, or pass --resume PATH to a step-NNNNNNNN directory",
-                ))
-            }
-        },
-    };
+    let dir = resume_dir(r, run_dir)?;
     let loaded = checkpoint::load(&dir)?;
-    // The manifest's record of this checkpoint must match the files (tampering or a mix-up).
-    if let Ok(m) = Manifest::load(run_dir) {
-        if let Some(rec) =
-            m.checkpoints.iter().find(|c| c.step == loaded.state.step && run_dir.join(&c.dir) == dir)
-        {
-            // checkpoint::load has checked the files against state.json; state.json itself
-            // is hashed here.
+    let step = loaded.state.step;
+    // The manifest of the run that holds the checkpoint must agree with its files (tampering,
+    // or a mix-up). A checkpoint it does not record (written just before a crash) checks
+    // against its own state.json only, and is recorded when the resume starts.
+    let owner = dir.parent().unwrap_or(Path::new("."));
+    if let Some(m) = run::read_manifest(owner)? {
+        if let Some(rec) = m.checkpoints.iter().find(|c| c.step == step && c.present) {
+            let (_, files) = run::verified_hashes(&dir)?;
             for (name, want) in &rec.files {
-                let got = match loaded.state.files.get(name) {
-                    Some(h) => h.clone(),
-                    None => crate::util::sha256_file(&dir.join(name))?,
-                };
+                let got = files.get(name).cloned().unwrap_or_else(|| "missing".into());
                 if &got != want {
                     return Err(Error::hint(
                         format!(
@@ -255,34 +193,97 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
     if !diffs.is_empty() {
         return Err(Error::hint(
             format!("cannot resume from {}: these settings differ and would change the result:\n{}", dir.display(), diffs.join("\n")),
-            "resume with the config the run was started with (the checkpoint's config.toml), or start a new run with --run-dir",
+            format!(
+                "`{}` resumes with the run's own config; to change these settings start a new run with --run-dir",
+                resume_command(owner)
+            ),
         ));
     }
-    if loaded.state.step >= cfg.train.steps {
+    if step >= cfg.train.steps {
         return Err(Error::hint(
-            format!("checkpoint {} is at step {}, and train.steps is {}: nothing to do", dir.display(), loaded.state.step, cfg.train.steps),
+            format!("checkpoint {} is at step {step}, and train.steps is {}: nothing to do", dir.display(), cfg.train.steps),
             format!("to train further, raise train.steps and keep the schedule: --set train.steps=N --set optim.schedule_steps={}", old.schedule_steps()),
         ));
     }
     Ok(loaded)
 }
 
-/// Keep the metrics of steps up to `step` (a resume rewrites what follows).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes())
+/// One optimizer step's figures.
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+/// The model, its optimizer and the training tokens: `step()` runs one optimizer step. Both
+/// `train` and `verify` drive it, so they cannot disagree on what a step is.
+pub struct Trainer<'a> {
+    pub cfg: &'a Config,
+    pub model: Llama,
+    pub opt: AdamW,
+    /// Optimizer steps completed.
+    pub step: u64,
+    tokens: &'a [u16],
+}
+
+impl<'a> Trainer<'a> {
+    /// Fresh weights, or the state of a loaded checkpoint.
+    pub fn new(cfg: &'a Config, vocab: usize, tokens: &'a [u16], from: Option<&checkpoint::Loaded>) -> Result<Self> {
+        let dims = Dims::new(&cfg.model, vocab);
+        let (model, opt, step) = match from {
+            Some(l) => {
+                let origin = l.dir.display().to_string();
+                let model = Llama::from_tensors(dims, &l.model, &origin)?;
+                let opt = AdamW::from_state(&model.params, &l.optim, &origin)?;
+                if opt.step != l.state.step {
+                    return Err(Error::hint(
+                        format!("{origin}: optimizer step {} != checkpoint step {}", opt.step, l.state.step),
+                        "the checkpoint is inconsistent; resume from another one",
+                    ));
+                }
+                let step = l.state.step;
+                (model, opt, step)
+            }
+            None => {
+                let model = Llama::init(dims, cfg.run.seed)?;
+                let opt = AdamW::new(&model.params)?;
+                (model, opt, 0)
+            }
+        };
+        Ok(Trainer { cfg, model, opt, step, tokens })
+    }
+
+    /// lr, batch, forward, loss, backward, clip, update. A non-finite loss or gradient norm
+    /// stops before the weights change, so no checkpoint ever holds them.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let cfg = self.cfg;
+        let lr = optim::lr_at(self.step, &cfg.optim, cfg.schedule_steps());
+        let (loss, mut grads) = forward_backward(&self.model, self.tokens, cfg, self.step)?;
+        let grad_norm = optim::clip(&mut grads, cfg.optim.grad_clip)?;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let what = if loss.is_finite() { format!("gradient norm is {grad_norm}") } else { format!("loss is {loss}") };
+            return Err(Error::hint(
+                format!("training diverged at step {}: {what}; the weights were not updated", self.step + 1),
+                format!(
+                    "checkpoints up to step {} are intact. A lower optim.lr, a longer optim.warmup_steps or optim.grad_clip change the run, so start a new one with them: --run-dir NEW --set optim.lr=...",
+                    self.step
+                ),
+            ));
+        }
+        self.opt.update(&self.model.params, &grads, lr, &cfg.optim)?;
+        self.step += 1;
+        Ok(StepStats { loss, lr, grad_norm })
+    }
+
+    /// The checkpoint files of the current state: (name, bytes), config and tokenizer given.
+    pub fn files(&self, config: &[u8], tokenizer: &[u8]) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(vec![
+            (MODEL_FILE, checkpoint::to_safetensors(&self.model.tensors())?),
+            (OPTIM_FILE, checkpoint::to_safetensors(&self.opt.state()?)?),
+            (CONFIG_FILE, config.to_vec()),
+            (TOKENIZER_FILE, tokenizer.to_vec()),
+        ])
+    }
 }
 
 /// Forward and backward over `grad_accum` micro-batches of step `step`; returns the mean loss
@@ -339,79 +340,108 @@ fn eval_and_sample(
     Ok((ev, text))
 }
 
-pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
-    let cfg = &args.cfg;
-    let say = |s: &str| {
-        if args.verbose {
-            eprintln!("{s}");
-        }
-    };
-    create_run_dir(&args.run_dir)?;
-    checkpoint::recover(&args.run_dir)?;
-    if args.resume.is_none() && !checkpoint::list(&args.run_dir)?.is_empty() {
-        return Err(Error::hint(
-            format!("run directory {} already holds checkpoints", args.run_dir.display()),
-            "pass --resume to continue that run, or --run-dir DIR (or --set run.name=NAME) to start a new one",
-        ));
-    }
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(&cfg.data.dir));
-    let prepared = data::prepare(cfg, &data_dir, &say)?;
-    let tok = Tok::from_file(&prepared.tokenizer_path())?;
-    let train_tokens = prepared.load_tokens("train")?;
-    let val_tokens = prepared.load_tokens("val")?;
-    let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
-    for (split, n) in [("train", train_tokens.len()), ("val", val_tokens.len())] {
+/// Both splits must hold at least one window of `train.context + 1` tokens.
+pub fn check_split_sizes(cfg: &Config, train: usize, val: usize) -> Result<()> {
+    let t = cfg.train.context as usize;
+    for (split, n) in [("train", train), ("val", val)] {
         if n < t + 2 {
             return Err(Error::hint(
                 format!("the {split} split has {n} tokens, fewer than train.context + 2 = {}", t + 2),
-                "use a larger corpus or a smaller train.context",
+                if split == "val" {
+                    "raise data.val_fraction, use a larger corpus, or a smaller train.context"
+                } else {
+                    "use a larger corpus or a smaller train.context"
+                },
             ));
         }
     }
+    Ok(())
+}
 
-    // The resolved config goes into the run directory before step 0.
-    let config_bytes = cfg.to_toml().into_bytes();
-    write_atomic(&args.run_dir.join(CONFIG_FILE), &config_bytes)?;
+pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
+    let cfg = &args.cfg;
+    let say = |s: &str| eprintln!("{s}");
+
+    // 1. Every check, before anything is written into the run directory. An existing run
+    //    directory is locked first, so no other process can change it under the checks.
+    let locked = if args.run_dir.is_dir() { Some(RunDir::open(&args.run_dir)?) } else { None };
+    let refuse_existing = || {
+        Error::hint(
+            format!("run directory {} already holds a run", args.run_dir.display()),
+            format!(
+                "continue it with `{}`, or start a new one with --run-dir DIR (or --set run.name=NAME)",
+                resume_command(&args.run_dir)
+            ),
+        )
+    };
+    let old_manifest = match &locked {
+        Some(_) => run::read_manifest(&args.run_dir)?,
+        None => None,
+    };
+    // A manifest without checkpoints (a crash before the first one) holds nothing to keep.
+    let holds_run = !checkpoint::list(&args.run_dir)?.is_empty()
+        || old_manifest.as_ref().is_some_and(|m| !m.checkpoints.is_empty() || !m.abandoned.is_empty());
+    if args.resume.is_none() && holds_run {
+        return Err(refuse_existing());
+    }
+    let old_manifest = if args.resume.is_some() { old_manifest } else { None };
+    let prepared = data::prepare(cfg, Path::new(&cfg.data.dir), &say)?;
+    let tok = Tok::from_file(&prepared.tokenizer_path())?;
+    let train_tokens = prepared.load_tokens("train")?;
+    let val_tokens = prepared.load_tokens("val")?;
+    check_split_sizes(cfg, train_tokens.len(), val_tokens.len())?;
     let tokenizer_bytes = fs::read(prepared.tokenizer_path()).at(&prepared.tokenizer_path())?;
-
-    let dims = Dims::new(&cfg.model, tok.vocab_size());
-    let (model, mut opt, start) = match &args.resume {
-        Some(r) => {
-            let loaded = load_resume(r, &args.run_dir, cfg, &prepared)?;
-            let origin = loaded.dir.display().to_string();
-            let model = Llama::from_tensors(dims, &loaded.model, &origin)?;
-            let opt = AdamW::from_state(&model.params, &loaded.optim, &origin)?;
-            if opt.step != loaded.state.step {
-                return Err(Error::msg(format!(
-                    "{origin}: optimizer step {} != checkpoint step {}",
-                    opt.step, loaded.state.step
-                )));
-            }
-            say(&format!("resuming from {origin} at step {}", loaded.state.step));
-            (model, opt, loaded.state.step)
-        }
-        None => {
-            let model = Llama::init(dims, cfg.run.seed)?;
-            let opt = AdamW::new(&model.params)?;
-            (model, opt, 0)
-        }
+    let loaded = match &args.resume {
+        Some(r) => Some(load_resume(r, &args.run_dir, cfg, &prepared)?),
+        None => None,
     };
+    let mut trainer = Trainer::new(cfg, tok.vocab_size(), &train_tokens, loaded.as_ref())?;
+    let start = trainer.step;
+    if let Some(l) = &loaded {
+        say(&format!("resuming from {} at step {start}", l.dir.display()));
+    }
 
+    // 2. The writes. A new directory is created and locked only now.
+    let rd = match locked {
+        Some(rd) => rd,
+        None => RunDir::create(&args.run_dir)?,
+    };
+    if args.resume.is_none() && !rd.checkpoints()?.is_empty() {
+        return Err(refuse_existing());
+    }
+    let config_bytes = cfg.to_toml().into_bytes();
+    write_atomic(&rd.path.join(CONFIG_FILE), &config_bytes)?;
     let data_record = DataRecord::from_meta(&cfg.data.source, &prepared.meta);
-    let mut manifest = match (&args.resume, Manifest::load(&args.run_dir)) {
-        (Some(_), Ok(m)) => m,
-        _ => Manifest {
-            format_version: manifest::FORMAT_VERSION,
-            run_name: cfg.run.name.clone(),
-            config_sha256: String::new(),
-            data: data_record.clone(),
-            sessions: Vec::new(),
-            checkpoints: Vec::new(),
-        },
-    };
+    let mut manifest = old_manifest.unwrap_or_else(|| Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        run_name: cfg.run.name.clone(),
+        config_sha256: String::new(),
+        data: data_record.clone(),
+        sessions: Vec::new(),
+        checkpoints: Vec::new(),
+        abandoned: Vec::new(),
+    });
+    if let Some(l) = &loaded {
+        // A checkpoint from another run directory starts this one: copy it in first, so the
+        // run directory alone holds its whole history.
+        let here = rd.path.join(checkpoint::dir_name(start));
+        if !(here.is_dir() && same_dir(&here, &l.dir)) {
+            let files: Vec<(String, Vec<u8>)> = l
+                .state
+                .files
+                .keys()
+                .map(|n| fs::read(l.dir.join(n)).at(&l.dir.join(n)).map(|b| (n.clone(), b)))
+                .collect::<Result<_>>()?;
+            let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+            checkpoint::write(&rd.path, l.state.clone(), &files)?;
+            say(&format!("copied the starting checkpoint {} into {}", l.dir.display(), rd.path.display()));
+        }
+        for line in rd.reconcile(&mut manifest, start)? {
+            say(&line);
+        }
+    }
     manifest.config_sha256 = sha256_hex(&config_bytes);
     manifest.data = data_record;
-    manifest.checkpoints.retain(|c| c.step <= start);
     manifest.sessions.push(Session {
         start_step: start,
         threads: cfg.threads(),
@@ -419,26 +449,33 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         build: manifest::build_info(),
         overrides: args.overrides.clone(),
     });
-    manifest.save(&args.run_dir)?;
-    let mut run = Run { cfg, dir: &args.run_dir, config_bytes, tokenizer_bytes, manifest };
+    manifest.save(&rd.path)?;
+    let mut metrics = rd.metrics(start)?;
+    let state_for = |step: u64, train_loss: f64, val_loss: Option<f64>, m: &Manifest| State {
+        format_version: checkpoint::FORMAT_VERSION,
+        step,
+        config_sha256: sha256_hex(&config_bytes),
+        train_loss,
+        val_loss,
+        files: BTreeMap::new(),
+        data: data_hashes(&m.data),
+    };
 
-    let metrics_path = args.run_dir.join(METRICS_FILE);
-    if start == 0 {
-        write_atomic(&metrics_path, b"")?;
-    } else {
-        truncate_metrics(&metrics_path, start)?;
-    }
-    let mut metrics =
-        fs::OpenOptions::new().append(true).create(true).open(&metrics_path).at(&metrics_path)?;
-
+    // 3. The loop.
     let steps = cfg.train.steps;
-    let total = cfg.schedule_steps();
+    let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
     let tokens_per_step = (b * t) as u64 * accum;
+    let dims = trainer.model.dims;
     say(&format!(
         "model: {} parameters ({} layers, d_model {}, {} heads, vocab {}); {} tokens/step; {} train tokens; threads {}",
-        model.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads()
+        trainer.model.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads()
     ));
-    let bar = (args.verbose && std::io::stderr().is_terminal()).then(|| {
+    say(&format!(
+        "run directory {}; if stopped, continue with: {}",
+        rd.path.display(),
+        resume_command(&rd.path)
+    ));
+    let bar = std::io::stderr().is_terminal().then(|| {
         let pb = ProgressBar::new(steps);
         pb.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
@@ -454,29 +491,21 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
 
     let t0 = Instant::now();
     let mut last_val = None;
-    for step in start..steps {
+    while trainer.step < steps {
         let ts = Instant::now();
-        let lr = optim::lr_at(step, &cfg.optim, total);
-        let (train_loss, mut grads) = forward_backward(&model, &train_tokens, cfg, step)?;
-        if !train_loss.is_finite() {
-            return Err(Error::hint(
-                format!("training diverged at step {step}: loss is {train_loss}"),
-                "lower optim.lr or raise optim.warmup_steps, then resume from the last checkpoint",
-            ));
-        }
-        let norm = optim::clip(&mut grads, cfg.optim.grad_clip)?;
-        opt.update(&model.params, &grads, lr, &cfg.optim)?;
-        let done = step + 1;
+        let st = trainer.step()?;
+        let done = trainer.step;
         let dt = ts.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt.max(1e-9);
 
         let mut line = serde_json::json!({
-            "step": done, "loss": train_loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tps,
+            "step": done, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm,
+            "tokens": done * tokens_per_step, "tokens_per_sec": tps,
         });
         let last = done == steps;
         let mut val_loss = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {
-            let (ev, text) = eval_and_sample(&model, &val_tokens, &tok, cfg, done)?;
+            let (ev, text) = eval_and_sample(&trainer.model, &val_tokens, &tok, cfg, done)?;
             log(&format!(
                 "step {done}: val loss {:.4} | ppl {:.2} | bits/byte {:.4}\n  sample: {}",
                 ev.loss,
@@ -491,11 +520,11 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             val_loss = Some(ev.loss);
             last_val = Some(ev);
         }
-        writeln!(metrics, "{line}").at(&metrics_path)?;
+        metrics.append(&line)?;
 
         let elapsed = t0.elapsed().as_secs_f64();
         let eta = elapsed / (done - start) as f64 * (steps - done) as f64;
-        let status = format!("loss {train_loss:.4} | lr {lr:.2e} | {tps:.0} tok/s");
+        let status = format!("loss {:.4} | lr {:.2e} | {tps:.0} tok/s", st.loss, st.lr);
         match &bar {
             Some(pb) => {
                 pb.set_position(done);
@@ -508,12 +537,12 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         }
 
         let interrupted = stop.load(Ordering::SeqCst);
-        let due = last
-            || (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0)
-            || args.extra_checkpoints.contains(&done);
+        let due = last || (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0);
         if due || interrupted {
-            let dir =
-                run.checkpoint(done, &model, &opt, train_loss, val_loss, !args.extra_checkpoints.is_empty())?;
+            let state = state_for(done, st.loss, val_loss, &manifest);
+            let files = trainer.files(&config_bytes, &tokenizer_bytes)?;
+            let c = &cfg.checkpoint;
+            let dir = rd.checkpoint(&mut manifest, state, &files, c.keep_last, c.keep_every)?;
             log(&format!("checkpoint {}", dir.display()));
             if interrupted && !last {
                 if let Some(pb) = &bar {

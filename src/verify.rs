@@ -1,23 +1,29 @@
 //! `tinylm verify RUN_DIR`: prove a run reproduces bit for bit.
 //!
 //! 1. Files: every file the manifest records (the resolved config and each present checkpoint's
-//!    files) is hashed on disk and compared. `--files-only` stops here (seconds).
-//! 2. Re-execution: the run's recorded config is trained again in a scratch directory (from
-//!    scratch, or `--from STEP` from that checkpoint on), with data and tokenizer rebuilt there,
-//!    checkpointing at every recorded step. Data hashes and each checkpoint's weights, optimizer
-//!    state and tokenizer are compared. config.toml and state.json inside checkpoints carry run
+//!    files) is hashed on disk and compared; checkpoints or files on disk that the manifest does
+//!    not record are listed as mismatches. `--files-only` stops here (seconds).
+//! 2. Re-execution: the run's recorded config (refused if `config.toml` no longer matches the
+//!    manifest) is trained again with data and tokenizer rebuilt in a scratch directory, from
+//!    scratch or `--from STEP`, up to the last recorded step only, with no evals. At each recorded
+//!    step the weights, optimizer state and tokenizer are hashed in memory and compared; nothing
+//!    is written but the scratch data. config.toml and state.json inside checkpoints carry run
 //!    settings that may legally change on resume (eval cadence, threads), so step 1 covers them.
 
 use crate::checkpoint::{self, MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE};
 use crate::config::Config;
+use crate::data;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::Manifest;
-use crate::train::{self, Resume, TrainArgs};
-use crate::util::sha256_file;
-use std::collections::BTreeSet;
+use crate::run::{self, RunDir};
+use crate::tokenizer::Tok;
+use crate::train::{check_split_sizes, Trainer};
+use crate::util::{sha256_file, sha256_hex};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct VerifyArgs {
     pub run_dir: PathBuf,
@@ -84,7 +90,8 @@ fn hash_or_missing(p: &Path) -> String {
     }
 }
 
-/// Step 1: the run directory's files against the manifest.
+/// Step 1: the run directory's files against the manifest: every recorded file, plus any
+/// checkpoint on disk the manifest does not record and any unlisted file inside a recorded one.
 pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
     let mut rows = vec![Row {
         artifact: "config.toml".into(),
@@ -99,14 +106,38 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
                 recomputed: hash_or_missing(&run_dir.join(&c.dir).join(name)),
             });
         }
+        if let Ok(entries) = fs::read_dir(run_dir.join(&c.dir)) {
+            let mut extra: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !c.files.contains_key(n))
+                .collect();
+            extra.sort();
+            for n in extra {
+                rows.push(Row {
+                    artifact: format!("{}/{n}", c.dir),
+                    recorded: "not recorded".into(),
+                    recomputed: hash_or_missing(&run_dir.join(&c.dir).join(&n)),
+                });
+            }
+        }
+    }
+    for (step, dir) in checkpoint::list(run_dir).unwrap_or_default() {
+        if !m.checkpoints.iter().any(|c| c.step == step && c.present) {
+            rows.push(Row {
+                artifact: format!("{} (on disk)", checkpoint::dir_name(step)),
+                recorded: "not recorded".into(),
+                recomputed: format!("present in {}", dir.display()),
+            });
+        }
     }
     rows
 }
 
-/// The first tensor (in sorted name order) that differs between two model files.
-fn first_difference(a: &Path, b: &Path) -> Option<String> {
-    let load = |p: &Path| fs::read(p).ok().and_then(|bytes| checkpoint::from_safetensors(&bytes, p).ok());
-    let (x, y) = (load(a)?, load(b)?);
+/// The first tensor (in sorted name order) that differs between a model file and tensors.
+fn first_difference(a: &Path, y: &BTreeMap<String, Tensor>) -> Option<String> {
+    let bytes = fs::read(a).ok()?;
+    let x = checkpoint::from_safetensors(&bytes, a).ok()?;
     for (name, ta) in &x {
         let Some(tb) = y.get(name) else {
             return Some(format!("tensor {name} is missing from the recomputed weights"));
@@ -124,25 +155,87 @@ fn first_difference(a: &Path, b: &Path) -> Option<String> {
     None
 }
 
+/// The scratch directory of a re-execution: a new one in the system temp dir, or `--scratch
+/// DIR`, which must be absent or empty. Only what verify created is removed, also on an error.
+struct Scratch {
+    dir: PathBuf,
+    /// True when verify created `dir` itself (else only its contents are ours).
+    created: bool,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(given: Option<&Path>, keep: bool) -> Result<Scratch> {
+        let (dir, created) = match given {
+            Some(d) if d.exists() => {
+                let empty = fs::read_dir(d).map(|mut r| r.next().is_none()).unwrap_or(false);
+                if !d.is_dir() || !empty {
+                    return Err(Error::hint(
+                        format!("scratch directory {} exists and is not empty", d.display()),
+                        "pass --scratch a new or empty directory (verify deletes only what it creates)",
+                    ));
+                }
+                (d.to_path_buf(), false)
+            }
+            Some(d) => (d.to_path_buf(), true),
+            None => {
+                let base = std::env::temp_dir();
+                let mut i = 0u32;
+                loop {
+                    let d = base.join(format!("tinylm-verify-{}-{i}", std::process::id()));
+                    if !d.exists() {
+                        break (d, true);
+                    }
+                    i += 1;
+                }
+            }
+        };
+        fs::create_dir_all(&dir).at(&dir)?;
+        Ok(Scratch { dir, created, keep })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if self.created {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
+    }
+}
+
 pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
-    let m = Manifest::load(&a.run_dir)?;
+    let _lock = RunDir::open_shared(&a.run_dir)?;
+    let m = run::read_manifest(&a.run_dir)?.ok_or_else(|| {
+        Error::hint(
+            format!("{} has no manifest.json: it is not a tinylm run directory", a.run_dir.display()),
+            "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
+        )
+    })?;
     let mut rows = check_files(&a.run_dir, &m);
     if a.files_only {
         return Ok(Report { rows, divergence: None });
     }
-    let cfg_path = a.run_dir.join(checkpoint::CONFIG_FILE);
-    let cfg = Config::load(&cfg_path, &[])?;
-    let scratch = a
-        .scratch
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("tinylm-verify-{}", std::process::id())));
-    if scratch.exists() {
-        fs::remove_dir_all(&scratch).at(&scratch)?;
+    if !rows[0].ok() {
+        return Err(Error::hint(
+            format!(
+                "{}: sha256 {} does not match the manifest ({}); the run's config was changed after it ran",
+                a.run_dir.join(checkpoint::CONFIG_FILE).display(),
+                rows[0].recomputed,
+                rows[0].recorded
+            ),
+            "restore the run's config.toml (each checkpoint holds a copy), then verify again",
+        ));
     }
-    let run = scratch.join("run");
-    fs::create_dir_all(&run).at(&run)?;
-
-    let resume = match a.from {
+    let cfg = Config::load(&a.run_dir.join(checkpoint::CONFIG_FILE), &[])?;
+    let start = a.from.unwrap_or(0);
+    let loaded = match a.from {
         None => None,
         Some(step) => {
             let rec = m.checkpoints.iter().find(|c| c.step == step && c.present).ok_or_else(|| {
@@ -165,77 +258,70 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     "verify from scratch (drop --from) or from another checkpoint",
                 ));
             }
-            let dst = run.join(&rec.dir);
-            fs::create_dir_all(&dst).at(&dst)?;
-            for name in rec.files.keys() {
-                fs::copy(a.run_dir.join(&rec.dir).join(name), dst.join(name)).at(&dst.join(name))?;
-            }
-            Some(Resume::From(dst))
+            Some(checkpoint::load(&a.run_dir.join(&rec.dir))?)
         }
     };
-    let start = a.from.unwrap_or(0);
-    let recorded: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).collect();
-    let args = TrainArgs {
-        cfg: cfg.clone(),
-        overrides: Vec::new(),
-        run_dir: run.clone(),
-        resume,
-        extra_checkpoints: recorded.iter().map(|c| c.step).collect::<BTreeSet<u64>>(),
-        verbose: false,
-        data_dir: Some(scratch.join("data")),
-    };
-    eprintln!(
-        "re-executing {} from step {start} to {} in {}",
-        a.run_dir.display(),
-        cfg.train.steps,
-        scratch.display()
-    );
-    if let train::Outcome::Interrupted { step, .. } = train::train(args, stop)? {
-        return Err(Error::msg(format!("verify interrupted at step {step}; nothing was compared")));
-    }
+    let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).collect();
+    let last = targets.iter().map(|c| c.step).max().unwrap_or(start);
 
-    // Data: what the scratch run's manifest recomputed.
-    let again = Manifest::load(&run)?;
-    let (d0, d1) = (&m.data, &again.data);
+    // Data and tokenizer, rebuilt from the recorded config in scratch.
+    let scratch = Scratch::new(a.scratch.as_deref(), a.keep_scratch)?;
+    let quiet = |_: &str| {};
+    let prepared = data::prepare(&cfg, &scratch.dir.join("data"), &quiet)?;
+    let (d0, d1) = (&m.data, &prepared.meta);
     for (name, x, y) in [
         ("data: corpus", &d0.corpus_sha256, &d1.corpus_sha256),
         ("data: tokenizer.json", &d0.tokenizer_sha256, &d1.tokenizer_sha256),
-        ("data: train tokens", &d0.train_tokens_sha256, &d1.train_tokens_sha256),
-        ("data: val tokens", &d0.val_tokens_sha256, &d1.val_tokens_sha256),
+        ("data: train tokens", &d0.train_tokens_sha256, &d1.train.sha256),
+        ("data: val tokens", &d0.val_tokens_sha256, &d1.val.sha256),
     ] {
         rows.push(Row { artifact: name.into(), recorded: x.clone(), recomputed: y.clone() });
     }
+    let tok = Tok::from_file(&prepared.tokenizer_path())?;
+    let tokenizer_sha = sha256_file(&prepared.tokenizer_path())?;
+    let train_tokens = prepared.load_tokens("train")?;
+    check_split_sizes(&cfg, train_tokens.len(), prepared.meta.val.tokens as usize)?;
+
+    // Re-execution: only to the last recorded step, no evals, nothing written; each recorded
+    // checkpoint is compared in memory as the step is reached.
+    let mut trainer = Trainer::new(&cfg, tok.vocab_size(), &train_tokens, loaded.as_ref())?;
+    eprintln!(
+        "re-executing {} from step {start} to {last} ({} steps; data rebuilt in {})",
+        a.run_dir.display(),
+        last - start,
+        scratch.dir.display()
+    );
     let mut divergence = None;
-    for c in recorded {
-        for name in [MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE] {
-            let Some(want) = c.files.get(name) else {
-                continue;
-            };
-            let rerun = run.join(&c.dir).join(name);
-            let got = hash_or_missing(&rerun);
-            // The first step where the re-execution disagrees with the record, or with the file
-            // on disk (a tampered checkpoint): name the first tensor that differs.
+    for c in &targets {
+        while trainer.step < c.step {
+            if stop.load(Ordering::SeqCst) {
+                return Err(Error::msg(format!(
+                    "verify interrupted at step {}; nothing was compared",
+                    trainer.step
+                )));
+            }
+            trainer.step()?;
+        }
+        let model = trainer.model.tensors();
+        let got = [
+            (MODEL_FILE, sha256_hex(&checkpoint::to_safetensors(&model)?)),
+            (OPTIM_FILE, sha256_hex(&checkpoint::to_safetensors(&trainer.opt.state()?)?)),
+            (TOKENIZER_FILE, tokenizer_sha.clone()),
+        ];
+        for (name, got) in got {
+            let Some(want) = c.files.get(name) else { continue };
+            // The first step where the re-execution disagrees with the record, or with the
+            // file on disk (a tampered checkpoint): name the first tensor that differs.
             let on_disk = a.run_dir.join(&c.dir).join(name);
             let disk_differs = c.present && on_disk.is_file() && hash_or_missing(&on_disk) != got;
-            if name == MODEL_FILE && divergence.is_none() && (&got != want || disk_differs) {
-                divergence = Some(match first_difference(&on_disk, &rerun) {
-                    Some(d) => {
-                        format!("step {}: {}/{name} vs the re-execution: {d}", c.step, c.dir)
-                    }
-                    None => {
-                        format!("step {} (the original weights are not on disk to compare tensors)", c.step)
-                    }
+            if name == MODEL_FILE && divergence.is_none() && (*want != got || disk_differs) {
+                divergence = Some(match c.present.then(|| first_difference(&on_disk, &model)).flatten() {
+                    Some(d) => format!("step {}: {}/{name} vs the re-execution: {d}", c.step, c.dir),
+                    None => format!("step {} (the original weights are not on disk to compare tensors)", c.step),
                 });
             }
-            rows.push(Row {
-                artifact: format!("rerun {}/{name}", c.dir),
-                recorded: want.clone(),
-                recomputed: got,
-            });
+            rows.push(Row { artifact: format!("rerun {}/{name}", c.dir), recorded: want.clone(), recomputed: got });
         }
-    }
-    if !a.keep_scratch {
-        let _ = fs::remove_dir_all(&scratch);
     }
     Ok(Report { rows, divergence })
 }
