@@ -41,6 +41,12 @@ pub struct Meta {
     pub corpus_bytes: u64,
     pub val_fraction: f64,
     pub vocab_size: u64,
+    /// `tokenizer::RECIPE` and the `tokenizers` crate version that made these files; files
+    /// from another recipe or version are rebuilt, never reused.
+    #[serde(default)]
+    pub tokenizer_recipe: String,
+    #[serde(default)]
+    pub tokenizers_version: String,
     pub tokenizer_sha256: String,
     pub dtype: String,
     pub train: SplitMeta,
@@ -285,6 +291,8 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
         corpus_bytes: text.len() as u64,
         val_fraction: cfg.data.val_fraction,
         vocab_size: cfg.tokenizer.vocab_size,
+        tokenizer_recipe: tokenizer::RECIPE.into(),
+        tokenizers_version: crate::manifest::tokenizers_version(),
         tokenizer_sha256: sha256_hex(json.as_bytes()),
         dtype: "u16le".into(),
         train,
@@ -300,7 +308,11 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
 fn reusable(dir: &Path, corpus_sha: &str) -> Result<Option<Prepared>> {
     let Ok(text) = fs::read_to_string(dir.join("meta.json")) else { return Ok(None) };
     let Ok(meta) = serde_json::from_str::<Meta>(&text) else { return Ok(None) };
-    if meta.format != PREP_FORMAT || meta.corpus_sha256 != corpus_sha {
+    if meta.format != PREP_FORMAT
+        || meta.corpus_sha256 != corpus_sha
+        || meta.tokenizer_recipe != tokenizer::RECIPE
+        || meta.tokenizers_version != crate::manifest::tokenizers_version()
+    {
         return Ok(None);
     }
     let p = Prepared { dir: dir.to_path_buf(), meta };

@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let bad: Vec<&str> = report
                     .rows
                     .iter()
-                    .filter(|r| r.recorded != r.recomputed)
+                    .filter(|r| !r.ok())
                     .map(|r| r.artifact.as_str())
                     .collect();
                 println!("MISMATCH: {}", bad.join(", "));

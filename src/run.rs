@@ -154,18 +154,6 @@ impl RunDir {
         if !beyond.is_empty() || !recorded_beyond.is_empty() {
             let name = format!("after-step-{start:08}-session-{}", m.sessions.len());
             let dest = self.path.join(ABANDONED_DIR).join(&name);
-            fs::create_dir_all(&dest).at(&dest)?;
-            let metrics = self.path.join(METRICS_FILE);
-            if metrics.is_file() {
-                fs::copy(&metrics, dest.join(METRICS_FILE)).at(&dest)?;
-            }
-            // Newest first: a crash half-way leaves the old timeline a contiguous prefix.
-            for &s in beyond.iter().rev() {
-                let from = self.path.join(checkpoint::dir_name(s));
-                let to = dest.join(checkpoint::dir_name(s));
-                fs::rename(&from, &to).at(&from)?;
-            }
-            sync_dir(Some(&self.path));
             let rel = format!("{ABANDONED_DIR}/{name}");
             for c in m.checkpoints.iter().filter(|c| c.step > start) {
                 let mut c = c.clone();
@@ -174,6 +162,20 @@ impl RunDir {
                 m.abandoned.push(c);
             }
             m.checkpoints.retain(|c| c.step <= start);
+            // The manifest first, then the moves (newest first, so a kill half-way leaves the
+            // old timeline a contiguous prefix).
+            m.save(&self.path)?;
+            fs::create_dir_all(&dest).at(&dest)?;
+            let metrics = self.path.join(METRICS_FILE);
+            if metrics.is_file() {
+                fs::copy(&metrics, dest.join(METRICS_FILE)).at(&dest)?;
+            }
+            for &s in beyond.iter().rev() {
+                let from = self.path.join(checkpoint::dir_name(s));
+                let to = dest.join(checkpoint::dir_name(s));
+                fs::rename(&from, &to).at(&from)?;
+            }
+            sync_dir(Some(&self.path));
             log.push(format!(
                 "resuming from step {start}: the later checkpoints ({}) belong to an abandoned timeline and were moved to {}",
                 if beyond.is_empty() {
@@ -230,19 +232,19 @@ impl RunDir {
             present: true,
         });
         let steps: Vec<u64> = self.checkpoints()?.into_iter().map(|(s, _)| s).collect();
-        for s in checkpoint::to_delete(&steps, keep_last, keep_every) {
-            if s >= step {
-                continue;
-            }
+        let doomed: Vec<u64> =
+            checkpoint::to_delete(&steps, keep_last, keep_every).into_iter().filter(|&s| s < step).collect();
+        for r in m.checkpoints.iter_mut().filter(|r| doomed.contains(&r.step)) {
+            r.present = false;
+        }
+        // The manifest first: a kill from here on leaves it describing the checkpoints to keep.
+        m.save(&self.path)?;
+        for s in doomed {
             let d = self.path.join(checkpoint::dir_name(s));
             let gone = self.path.join(format!(".del-{}-{}", checkpoint::dir_name(s), std::process::id()));
             fs::rename(&d, &gone).at(&d)?;
             fs::remove_dir_all(&gone).at(&gone)?;
-            for r in m.checkpoints.iter_mut().filter(|r| r.step == s) {
-                r.present = false;
-            }
         }
-        m.save(&self.path)?;
         Ok(dir)
     }
 

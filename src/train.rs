@@ -384,14 +384,25 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     if args.resume.is_none() && holds_run {
         return Err(refuse_existing());
     }
-    let old_manifest = if args.resume.is_some() { old_manifest } else { None };
+    // `--resume` of a run stopped before its first checkpoint starts it again from step 0 (so
+    // the command printed at start always works).
+    let resume = match &args.resume {
+        Some(Resume::Latest) if locked.is_some() && !holds_run => {
+            say(&format!("no checkpoint yet in {}: starting from step 0", args.run_dir.display()));
+            None
+        }
+        Some(Resume::Latest) => Some(Resume::Latest),
+        Some(Resume::From(p)) => Some(Resume::From(p.clone())),
+        None => None,
+    };
+    let old_manifest = if resume.is_some() { old_manifest } else { None };
     let prepared = data::prepare(cfg, Path::new(&cfg.data.dir), &say)?;
     let tok = Tok::from_file(&prepared.tokenizer_path())?;
     let train_tokens = prepared.load_tokens("train")?;
     let val_tokens = prepared.load_tokens("val")?;
     check_split_sizes(cfg, train_tokens.len(), val_tokens.len())?;
     let tokenizer_bytes = fs::read(prepared.tokenizer_path()).at(&prepared.tokenizer_path())?;
-    let loaded = match &args.resume {
+    let loaded = match &resume {
         Some(r) => Some(load_resume(r, &args.run_dir, cfg, &prepared)?),
         None => None,
     };
@@ -406,7 +417,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         Some(rd) => rd,
         None => RunDir::create(&args.run_dir)?,
     };
-    if args.resume.is_none() && !rd.checkpoints()?.is_empty() {
+    if resume.is_none() && !rd.checkpoints()?.is_empty() {
         return Err(refuse_existing());
     }
     let config_bytes = cfg.to_toml().into_bytes();
