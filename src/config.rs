@@ -483,9 +483,19 @@ impl Config {
         float("optim.beta2", o.beta2, (0.0..1.0).contains(&o.beta2), "in [0, 1)");
         float("optim.eps", o.eps, o.eps > 0.0 && o.eps < 1.0, "in (0, 1)");
         float("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a finite number >= 0");
-        float("optim.grad_clip", o.grad_clip, o.grad_clip >= 0.0, "a finite number >= 0 (0 disables clipping)");
+        float(
+            "optim.grad_clip",
+            o.grad_clip,
+            o.grad_clip >= 0.0,
+            "a finite number >= 0 (0 disables clipping)",
+        );
         let d = &self.data;
-        float("data.val_fraction", d.val_fraction, d.val_fraction > 0.0 && d.val_fraction < 0.5, "in (0, 0.5)");
+        float(
+            "data.val_fraction",
+            d.val_fraction,
+            d.val_fraction > 0.0 && d.val_fraction < 0.5,
+            "in (0, 0.5)",
+        );
         let t = self.eval.temperature;
         float("eval.temperature", t, t >= 0.0, "a finite number >= 0 (0 is greedy)");
         let v = self.tokenizer.vocab_size;

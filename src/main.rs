@@ -226,12 +226,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("verified: every recorded hash matches");
                 Ok(ExitCode::SUCCESS)
             } else {
-                let bad: Vec<&str> = report
-                    .rows
-                    .iter()
-                    .filter(|r| !r.ok())
-                    .map(|r| r.artifact.as_str())
-                    .collect();
+                let bad: Vec<&str> =
+                    report.rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.as_str()).collect();
                 println!("MISMATCH: {}", bad.join(", "));
                 Ok(ExitCode::from(1))
             }

@@ -149,7 +149,8 @@ impl RunDir {
         let mut log = Vec::new();
         let on_disk = self.checkpoints()?;
         let beyond: Vec<u64> = on_disk.iter().map(|(s, _)| *s).filter(|&s| s > start).collect();
-        let mut recorded_beyond: Vec<u64> = m.checkpoints.iter().map(|c| c.step).filter(|&s| s > start).collect();
+        let mut recorded_beyond: Vec<u64> =
+            m.checkpoints.iter().map(|c| c.step).filter(|&s| s > start).collect();
         recorded_beyond.retain(|s| !beyond.contains(s));
         if !beyond.is_empty() || !recorded_beyond.is_empty() {
             let name = format!("after-step-{start:08}-session-{}", m.sessions.len());

@@ -228,7 +228,12 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// Fresh weights, or the state of a loaded checkpoint.
-    pub fn new(cfg: &'a Config, vocab: usize, tokens: &'a [u16], from: Option<&checkpoint::Loaded>) -> Result<Self> {
+    pub fn new(
+        cfg: &'a Config,
+        vocab: usize,
+        tokens: &'a [u16],
+        from: Option<&checkpoint::Loaded>,
+    ) -> Result<Self> {
         let dims = Dims::new(&cfg.model, vocab);
         let (model, opt, step) = match from {
             Some(l) => {
@@ -261,7 +266,11 @@ impl<'a> Trainer<'a> {
         let (loss, mut grads) = forward_backward(&self.model, self.tokens, cfg, self.step)?;
         let grad_norm = optim::clip(&mut grads, cfg.optim.grad_clip)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
-            let what = if loss.is_finite() { format!("gradient norm is {grad_norm}") } else { format!("loss is {loss}") };
+            let what = if loss.is_finite() {
+                format!("gradient norm is {grad_norm}")
+            } else {
+                format!("loss is {loss}")
+            };
             return Err(Error::hint(
                 format!("training diverged at step {}: {what}; the weights were not updated", self.step + 1),
                 format!(

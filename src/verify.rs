@@ -44,7 +44,12 @@ pub struct Row {
 
 impl Row {
     fn new(artifact: impl Into<String>, recorded: impl Into<String>, recomputed: impl Into<String>) -> Row {
-        Row { artifact: artifact.into(), recorded: recorded.into(), recomputed: recomputed.into(), tolerated: false }
+        Row {
+            artifact: artifact.into(),
+            recorded: recorded.into(),
+            recomputed: recomputed.into(),
+            tolerated: false,
+        }
     }
     pub fn ok(&self) -> bool {
         self.tolerated || self.recorded == self.recomputed
@@ -106,7 +111,11 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
     )];
     for c in m.checkpoints.iter().filter(|c| c.present) {
         for (name, want) in &c.files {
-            rows.push(Row::new(format!("{}/{name}", c.dir), want.clone(), hash_or_missing(&run_dir.join(&c.dir).join(name))));
+            rows.push(Row::new(
+                format!("{}/{name}", c.dir),
+                want.clone(),
+                hash_or_missing(&run_dir.join(&c.dir).join(name)),
+            ));
         }
         if let Ok(entries) = fs::read_dir(run_dir.join(&c.dir)) {
             let mut extra: Vec<String> = entries
@@ -116,7 +125,11 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
                 .collect();
             extra.sort();
             for n in extra {
-                rows.push(Row::new(format!("{}/{n}", c.dir), "not recorded", hash_or_missing(&run_dir.join(&c.dir).join(&n))));
+                rows.push(Row::new(
+                    format!("{}/{n}", c.dir),
+                    "not recorded",
+                    hash_or_missing(&run_dir.join(&c.dir).join(&n)),
+                ));
             }
         }
     }
@@ -129,7 +142,8 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
         if m.checkpoints.iter().any(|c| c.step == step) {
             continue;
         }
-        let mut row = Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present");
+        let mut row =
+            Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present");
         if step > newest && run::verified_hashes(&run_dir.join(checkpoint::dir_name(step))).is_ok() {
             row.recomputed = "complete, not yet recorded (train --resume records it)".into();
             row.tolerated = true;
@@ -322,7 +336,9 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             if name == MODEL_FILE && divergence.is_none() && (*want != got || disk_differs) {
                 divergence = Some(match c.present.then(|| first_difference(&on_disk, &model)).flatten() {
                     Some(d) => format!("step {}: {}/{name} vs the re-execution: {d}", c.step, c.dir),
-                    None => format!("step {} (the original weights are not on disk to compare tensors)", c.step),
+                    None => {
+                        format!("step {} (the original weights are not on disk to compare tensors)", c.step)
+                    }
                 });
             }
             rows.push(Row::new(format!("rerun {}/{name}", c.dir), want.clone(), got));

@@ -198,10 +198,7 @@ fn errors_are_one_clear_line_and_exit_2() {
     );
     // Training into a directory that holds checkpoints without --resume would clobber them.
     d.train("runs/a", &[]);
-    assert_one_line_error(
-        &d.run(&["train", "--config", &cfg, "--run-dir", "runs/a"]),
-        "already holds a run",
-    );
+    assert_one_line_error(&d.run(&["train", "--config", &cfg, "--run-dir", "runs/a"]), "already holds a run");
 }
 
 #[test]

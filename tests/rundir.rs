@@ -66,7 +66,8 @@ fn b1_a_refused_resume_writes_nothing() {
     let d = Dir::new("b1");
     d.train("runs/a", &["--set", "train.steps=10"]);
     let before = snapshot(&d.path("runs/a"));
-    let o = d.try_train("runs/a", &["--resume", "--set", "optim.lr=0.01", "--set", "optim.schedule_steps=10"]);
+    let o =
+        d.try_train("runs/a", &["--resume", "--set", "optim.lr=0.01", "--set", "optim.schedule_steps=10"]);
     assert_clean_error(&o, "optim.lr: checkpoint has 0.003, now 0.01");
     let o = d.try_train("runs/a", &["--resume"]); // train.steps=20 changes the schedule
     assert_clean_error(&o, "optim.schedule_steps=10");
@@ -113,7 +114,8 @@ fn b2_resume_from_an_older_checkpoint_with_retention() {
     let old6 = d.path("runs/b/abandoned").read_dir().unwrap().next().unwrap().unwrap().path();
     assert_eq!(bytes(&old6.join("step-00000006/model.safetensors")), weights(&d.path("runs/b"), 6));
     // And a plain --resume continues the new timeline, not the abandoned one.
-    let o = d.try_train("runs/b", &["--resume", "--set", "train.steps=7", "--set", "optim.schedule_steps=10"]);
+    let o =
+        d.try_train("runs/b", &["--resume", "--set", "train.steps=7", "--set", "optim.schedule_steps=10"]);
     assert_clean_error(&o, "at step 7, and train.steps is 7: nothing to do");
 }
 
@@ -144,7 +146,16 @@ fn b3_verify_scratch_keeps_what_is_not_its_own() {
 #[test]
 fn b4_the_printed_resume_command_works() {
     let d = Dir::new("b4");
-    let sets = ["--set", "train.steps=800", "--set", "optim.lr=0.002", "--set", "eval.every=0", "--set", "checkpoint.every=100"];
+    let sets = [
+        "--set",
+        "train.steps=800",
+        "--set",
+        "optim.lr=0.002",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "checkpoint.every=100",
+    ];
     d.train("runs/straight", &sets);
     let cfg = d.config();
     let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/int"];
@@ -169,7 +180,10 @@ fn b4_the_printed_resume_command_works() {
 #[test]
 fn b5_divergence_message_is_right() {
     let d = Dir::new("b5");
-    let o = d.try_train("runs/a", &["--set", "optim.lr=1e30", "--set", "checkpoint.every=1", "--set", "optim.warmup_steps=1"]);
+    let o = d.try_train(
+        "runs/a",
+        &["--set", "optim.lr=1e30", "--set", "checkpoint.every=1", "--set", "optim.warmup_steps=1"],
+    );
     assert_clean_error(&o, "training diverged at step ");
     let e = stderr(&o);
     let step: u64 = e.split("diverged at step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
@@ -199,7 +213,9 @@ fn b6_tamper_check_for_any_path_and_a_damaged_manifest() {
     state["files"]["model.safetensors"] = tinylm::util::sha256_hex(&b).into();
     std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     let abs = ckpt.display().to_string();
-    for path in ["runs/e/step-00000005", "./runs/e/step-00000005", "runs/../runs/e/step-00000005", abs.as_str()] {
+    for path in
+        ["runs/e/step-00000005", "./runs/e/step-00000005", "runs/../runs/e/step-00000005", abs.as_str()]
+    {
         let o = d.try_train("runs/e", &["--resume", path, "--set", "optim.schedule_steps=10"]);
         assert_one_line_error(&o, "does not match the run manifest");
     }
@@ -228,7 +244,10 @@ fn b7_an_unrecorded_checkpoint_gets_recorded() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("step-00000006 (on disk)"), "{}", stdout(&o));
     // Resume from it (the later ones are abandoned): it is recorded, and verify --from works.
-    d.train("runs/a", &["--resume", "runs/a/step-00000006", "--set", "train.steps=10", "--set", "checkpoint.every=2"]);
+    d.train(
+        "runs/a",
+        &["--resume", "runs/a/step-00000006", "--set", "train.steps=10", "--set", "checkpoint.every=2"],
+    );
     let steps: Vec<u64> = recorded_steps(&manifest(&d, "runs/a")).into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, vec![2, 4, 6, 8, 10]);
     files_only_ok(&d, "runs/a");
@@ -342,7 +361,11 @@ fn b10_prepared_data_records_its_recipe() {
     meta["tokenizers_version"] = "0.0.1".into();
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
     let o = d.run(&["prepare", "--config", &cfg]);
-    assert!(stderr(&o).contains("training BPE tokenizer"), "files of another version were reused:\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("training BPE tokenizer"),
+        "files of another version were reused:\n{}",
+        stderr(&o)
+    );
 }
 
 /// B11: two trainers on one run directory: the second is refused at once, the first finishes.
@@ -375,7 +398,14 @@ fn b11_two_trainers_on_one_run_directory() {
 fn kill_9_twenty_times_then_resume() {
     let d = Dir::new("kill20");
     let sets = [
-        "--set", "train.steps=300", "--set", "eval.every=0", "--set", "checkpoint.every=1", "--set", "checkpoint.keep_last=2",
+        "--set",
+        "train.steps=300",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "checkpoint.every=1",
+        "--set",
+        "checkpoint.keep_last=2",
     ];
     d.train("runs/straight", &sets);
     let cfg = d.config();
@@ -390,7 +420,11 @@ fn kill_9_twenty_times_then_resume() {
             None => first.iter().map(|s| s.to_string()).collect(),
             Some(line) => line.split_whitespace().skip(1).map(String::from).collect(),
         };
-        let mut child = d.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = d
+            .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut err = child.stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut s = String::new();
@@ -424,7 +458,11 @@ fn kill_9_twenty_times_then_resume() {
     let o = run_printed(&d, &line);
     let done = o.status.success() || stderr(&o).contains("nothing to do");
     assert!(done, "{}", stderr(&o));
-    assert_eq!(weights(&d.path("runs/k"), 300), weights(&d.path("runs/straight"), 300), "after {kills} kills");
+    assert_eq!(
+        weights(&d.path("runs/k"), 300),
+        weights(&d.path("runs/straight"), 300),
+        "after {kills} kills"
+    );
     files_only_ok(&d, "runs/k");
 }
 
@@ -487,8 +525,25 @@ fn fuzzed_configs_and_flags_fail_cleanly() {
         .flatten()
         .collect();
     let bad_values = [
-        "nan", "inf", "-inf", "-1", "0", "-0.0", "1e300", "99999999999999999", "\"\"", "\"日本語\"", "true",
-        "[1, 2]", "{ a = 1 }", "\"..\"", "\"a/b\"", "1.5", "\"\\u0007\"", "18446744073709551615", "1e-300",
+        "nan",
+        "inf",
+        "-inf",
+        "-1",
+        "0",
+        "-0.0",
+        "1e300",
+        "99999999999999999",
+        "\"\"",
+        "\"日本語\"",
+        "true",
+        "[1, 2]",
+        "{ a = 1 }",
+        "\"..\"",
+        "\"a/b\"",
+        "1.5",
+        "\"\\u0007\"",
+        "18446744073709551615",
+        "1e-300",
     ];
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next = |n: usize| {
@@ -547,7 +602,10 @@ fn fuzzed_configs_and_flags_fail_cleanly() {
         }
         let o = d.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let e = stderr(&o);
-        assert!(!e.contains("panicked") && o.status.code().is_some(), "case {case} crashed:\n{src}\n{sets:?}\n{e}");
+        assert!(
+            !e.contains("panicked") && o.status.code().is_some(),
+            "case {case} crashed:\n{src}\n{sets:?}\n{e}"
+        );
         match o.status.code() {
             Some(0) => assert!(stdout(&o).starts_with("config ok"), "case {case}"),
             Some(2) => {
