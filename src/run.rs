@@ -134,7 +134,22 @@ impl RunDir {
                 "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
             ));
         }
-        Ok(RunDir { path: path.to_path_buf(), _lock: lock(path, false)? })
+        let p = path.join(LOCK_FILE);
+        match fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p) {
+            Ok(_) => Ok(RunDir { path: path.to_path_buf(), _lock: lock(path, false)? }),
+            // A read-only copy (a mounted release, a shared folder): nobody can write it, so
+            // there is nothing to lock against.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                let f = fs::File::open(path).at(path)?;
+                Ok(RunDir { path: path.to_path_buf(), _lock: f })
+            }
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
     }
 
     pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {

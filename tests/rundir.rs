@@ -75,6 +75,13 @@ fn b1_a_refused_resume_writes_nothing() {
     files_only_ok(&d, "runs/a");
     let full = d.run(&["verify", "runs/a"]);
     assert_eq!(full.status.code(), Some(0), "{}", stdout(&full));
+    // A config.toml changed by hand: verify refuses to re-execute it rather than blame the run.
+    let cp = d.path("runs/a/config.toml");
+    let mut text = String::from_utf8(bytes(&cp)).unwrap();
+    text = text.replace("lr = 0.003", "lr = 0.004");
+    std::fs::write(&cp, text).unwrap();
+    assert_clean_error(&d.run(&["verify", "runs/a"]), "the run's config was changed after it ran");
+    assert_clean_error(&d.run(&["train", "--resume", "runs/a"]), "does not match the run manifest");
 }
 
 /// B2: resuming from an older checkpoint with keep_last never deletes what it writes; the later
