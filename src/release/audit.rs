@@ -597,16 +597,19 @@ impl Audit {
         for p in &self.progress {
             s += &format!("  {:<10} {:>5.1}% ({}/{} required components)\n", p.class, p.percent, p.included, p.required);
         }
-        let missing: Vec<String> = self
-            .components
-            .iter()
-            .filter(|c| !c.optional && c.status != Status::Included && (self.class_met == 0 || c.class < self.class_met))
-            .map(|c| format!("{} ({})", c.name, c.status.word()))
-            .collect();
         s += &format!("  class met: {}\n", self.label);
-        if !missing.is_empty() {
-            let next = if self.class_met == 0 { 3 } else { self.class_met - 1 };
-            s += &format!("  missing for Class {}{}: {}\n", roman(next), if next == 3 { "" } else { " and above" }, missing.join(", "));
+        // What each class still lacks, from the next class up to Class I.
+        let first = if self.class_met == 0 { 3 } else { self.class_met - 1 };
+        for class in (1..=first).rev() {
+            let missing: Vec<String> = self
+                .components
+                .iter()
+                .filter(|c| c.class == class && !c.optional && c.status != Status::Included)
+                .map(|c| format!("{} ({})", c.name, c.status.word()))
+                .collect();
+            if !missing.is_empty() {
+                s += &format!("  missing for Class {}: {}\n", roman(class), missing.join(", "));
+            }
         }
         s += &format!(
             "  claimed: {}\n",

@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(judge("unlicensed", Data), Verdict::Unlicensed);
         // AND: the worst part decides.
         assert!(matches!(judge("MIT AND CC-BY-NC-4.0", Code), Verdict::NotOpen(_)));
-        assert_eq!(canonical("mit or apache-2.0").unwrap(), "MIT OR Apache-2.0");
+        assert_eq!(canonical("mit OR apache-2.0").unwrap(), "MIT OR Apache-2.0");
         assert!(canonical("nope").is_err());
     }
 

@@ -364,6 +364,16 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
     }
     let verify_table = crate::verify::Report { rows, divergence: None }.table();
 
+    let lic = Licenses {
+        code: check_license("--code-license", &a.code_license, false)?,
+        weights: check_license("--weights-license", &a.weights_license, false)?,
+        document: check_license("--doc-license", &a.doc_license, false)?,
+        data: match &a.data_license {
+            Some(d) => check_license("--data-license", d, true)?,
+            None if cfg.data.source == "builtin" => "CC0-1.0".to_string(),
+            None => license::UNLICENSED.to_string(),
+        },
+    };
     // What built the run.
     let commits: Vec<String> = {
         let mut c: Vec<String> = m.sessions.iter().map(|s| s.build.git_commit.clone()).collect();
@@ -382,16 +392,6 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         ));
     }
 
-    let lic = Licenses {
-        code: check_license("--code-license", &a.code_license, false)?,
-        weights: check_license("--weights-license", &a.weights_license, false)?,
-        document: check_license("--doc-license", &a.doc_license, false)?,
-        data: match &a.data_license {
-            Some(d) => check_license("--data-license", d, true)?,
-            None if cfg.data.source == "builtin" => "CC0-1.0".to_string(),
-            None => license::UNLICENSED.to_string(),
-        },
-    };
     let (data_included, data_excluded_why) = match license::judge(&lic.data, Kind::Data) {
         license::Verdict::Open | license::Verdict::WrongKind(_) => (true, None),
         license::Verdict::Unlicensed => (
