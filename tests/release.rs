@@ -134,6 +134,10 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     }
     let o = d.run(&["verify", "vrun", "--files-only"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // ...and the full retrain-and-compare passes from it (the built-in corpus is regenerated).
+    let o = d.run(&["verify", "vrun"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("rerun step-00000020/model.safetensors"), "{}", stdout(&o));
 }
 
 /// Split `tinylm sample` arguments, honouring the double quotes around the prompt.

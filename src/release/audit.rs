@@ -171,14 +171,14 @@ pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (Str
             "F16" | "BF16" | "I16" | "U16" => 2,
             _ => 1,
         };
-        let elems: usize = shape.iter().product();
-        if b < a || (b - a) as usize != elems * width {
+        let bytes = shape.iter().try_fold(width as u64, |acc, &d| acc.checked_mul(d as u64));
+        if b < a || bytes != Some(b - a) {
             return Err(format!("tensor {name}: {} bytes for {dtype} {shape:?}", b.saturating_sub(a)));
         }
         end = end.max(b);
         out.insert(name.clone(), (dtype.to_string(), shape));
     }
-    if 8 + n + end != size {
+    if (8 + n).checked_add(end) != Some(size) {
         return Err(format!("the file is {size} bytes, the header describes {}", 8 + n + end));
     }
     Ok(out)

@@ -74,6 +74,9 @@ pub fn batches(a: &BatchesArgs) -> Result<(Config, Vec<Window>)> {
         }
         let tokens = p.load_tokens("train")?;
         let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
+        if tokens.len() < t + 2 {
+            return Err(Error::msg(format!("{} train tokens cannot hold a window of {t} + 1", tokens.len())));
+        }
         let mut out = Vec::new();
         for micro in 0..cfg.train.grad_accum {
             let offsets = crate::data::batch_offsets(cfg.run.seed, a.step - 1, micro, tokens.len(), b, t);

@@ -209,8 +209,12 @@ impl Out {
         fs::write(&p, bytes).at(&p)
     }
     fn copy(&self, from: &Path, rel: &str) -> Result<()> {
-        let bytes = fs::read(from).at(from)?;
-        self.put(rel, &bytes)
+        let p = self.root.join(rel);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).at(d)?;
+        }
+        fs::copy(from, &p).at(from)?;
+        Ok(())
     }
 }
 
