@@ -323,7 +323,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 skip_data_replay,
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&a).map_err(|e| tinylm::Error::msg(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&a).map_err(|e| tinylm::Error::msg(e.to_string()))?
+                );
             } else {
                 print!("{}", a.table());
             }

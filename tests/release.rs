@@ -86,7 +86,9 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     // The card's front matter and the MOT record.
     let card = String::from_utf8(bytes(&rel.join("README.md"))).unwrap();
     assert!(card.starts_with("---\nlicense: apache-2.0\n"), "{}", &card[..200]);
-    for s in ["pipeline_tag: text-generation", "model-index:", "## How to reproduce and verify", "## Limitations"] {
+    for s in
+        ["pipeline_tag: text-generation", "model-index:", "## How to reproduce and verify", "## Limitations"]
+    {
         assert!(card.contains(s), "model card lacks {s:?}");
     }
     let mof = String::from_utf8(bytes(&rel.join("mof.yml"))).unwrap();
@@ -107,7 +109,11 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     assert!(j["components"].as_array().unwrap().iter().all(|c| c["status"] == "included"), "{j}");
 
     if std::process::Command::new("sha256sum").arg("--version").output().is_ok() {
-        let o = std::process::Command::new("sha256sum").args(["-c", "--quiet", "SHA256SUMS"]).current_dir(&rel).output().unwrap();
+        let o = std::process::Command::new("sha256sum")
+            .args(["-c", "--quiet", "SHA256SUMS"])
+            .current_dir(&rel)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "sha256sum -c failed:\n{}{}", stdout(&o), stderr(&o));
     }
 
@@ -116,7 +122,10 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(bytes(&rel.join("SHA256SUMS")), bytes(&d.path("rel2/SHA256SUMS")));
     // A non-empty output directory is refused.
-    assert_one_line_error(&d.run(&["release", "runs/a", "rel", "--allow-dirty"]), "already exists and is not empty");
+    assert_one_line_error(
+        &d.run(&["release", "runs/a", "rel", "--allow-dirty"]),
+        "already exists and is not empty",
+    );
 
     // The samples are what `tinylm sample` prints for the released checkpoint.
     let s = String::from_utf8(bytes(&rel.join("run/samples/step-00000020.txt"))).unwrap();
@@ -226,10 +235,12 @@ fn a_plain_open_weights_folder_reports_the_missing_components() {
     assert!(out.contains("ok   weights"), "{out}");
     assert!(out.contains("FAIL SHA256SUMS"), "{out}");
     for missing in ["Model architecture", "Data card", "Technical report", "Evaluation results"] {
-        let line = out.lines().find(|l| l.starts_with(missing)).unwrap_or_else(|| panic!("{missing}:\n{out}"));
+        let line =
+            out.lines().find(|l| l.starts_with(missing)).unwrap_or_else(|| panic!("{missing}:\n{out}"));
         assert!(line.contains("missing"), "{line}");
     }
-    let missing_line = out.lines().find(|l| l.contains("missing for Class III")).unwrap_or_else(|| panic!("{out}"));
+    let missing_line =
+        out.lines().find(|l| l.contains("missing for Class III")).unwrap_or_else(|| panic!("{out}"));
     for name in ["Model architecture", "Data card", "Technical report", "Evaluation results"] {
         assert!(missing_line.contains(name), "{missing_line}");
     }
@@ -281,7 +292,8 @@ fn file_corpus_without_a_licence_is_left_out_and_the_audit_says_what_it_costs() 
     assert_eq!(audit(&d, "rel", &["--require", "1"]).0, Some(1));
 
     // With a declared open licence the corpus goes in and the release is Class I.
-    let o = d.run(&["release", "runs/f", "rel2", "--allow-dirty", "--date", DATE, "--data-license", "CC-BY-4.0"]);
+    let o =
+        d.run(&["release", "runs/f", "rel2", "--allow-dirty", "--date", DATE, "--data-license", "CC-BY-4.0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(bytes(&d.path("rel2/data/corpus.txt")), text.as_bytes());
     let (code, out) = audit(&d, "rel2", &[]);
@@ -306,7 +318,9 @@ fn a_dirty_build_is_refused_unless_allowed_and_then_marked() {
     assert!(!d.path("rel").exists());
     let o = d.run(&["release", "runs/a", "rel", "--allow-dirty", "--date", DATE]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8(bytes(&d.path("rel/README.md"))).unwrap().contains("WARNING: built from a modified tree"));
+    assert!(String::from_utf8(bytes(&d.path("rel/README.md")))
+        .unwrap()
+        .contains("WARNING: built from a modified tree"));
     assert_eq!(json(&d.path("rel/release.json"))["git_dirty"], true);
     let (_, out) = audit(&d, "rel", &["--skip-data-replay"]);
     assert!(out.contains("FAIL code"), "OSI code check must fail for a dirty build:\n{out}");
@@ -341,7 +355,13 @@ fn batches_replay_the_windows_training_used() {
 fn hf_llama_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f64>> {
     let cfg = json(&dir.join("config.json"));
     let u = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("config.json lacks {k}")) as usize;
-    let (h, f, layers, nh, v) = (u("hidden_size"), u("intermediate_size"), u("num_hidden_layers"), u("num_attention_heads"), u("vocab_size"));
+    let (h, f, layers, nh, v) = (
+        u("hidden_size"),
+        u("intermediate_size"),
+        u("num_hidden_layers"),
+        u("num_attention_heads"),
+        u("vocab_size"),
+    );
     let nkv = cfg["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(nh);
     let hd = cfg["head_dim"].as_u64().map(|x| x as usize).unwrap_or(h / nh);
     let eps = cfg["rms_norm_eps"].as_f64().unwrap();
@@ -379,13 +399,19 @@ fn hf_llama_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f64>> {
     };
     let t = ids.len();
     let emb = w("model.embed_tokens.weight", &[v, h]);
-    let mut x: Vec<Vec<f64>> = ids.iter().map(|&id| emb[id as usize * h..(id as usize + 1) * h].to_vec()).collect();
+    let mut x: Vec<Vec<f64>> =
+        ids.iter().map(|&id| emb[id as usize * h..(id as usize + 1) * h].to_vec()).collect();
     for l in 0..layers {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
-        let (wq, wk, wv) = (w(&p("self_attn.q_proj"), &[nh * hd, h]), w(&p("self_attn.k_proj"), &[nkv * hd, h]), w(&p("self_attn.v_proj"), &[nkv * hd, h]));
+        let (wq, wk, wv) = (
+            w(&p("self_attn.q_proj"), &[nh * hd, h]),
+            w(&p("self_attn.k_proj"), &[nkv * hd, h]),
+            w(&p("self_attn.v_proj"), &[nkv * hd, h]),
+        );
         let wo = w(&p("self_attn.o_proj"), &[h, nh * hd]);
         let (g_in, g_post) = (w(&p("input_layernorm"), &[h]), w(&p("post_attention_layernorm"), &[h]));
-        let (wg, wu, wd) = (w(&p("mlp.gate_proj"), &[f, h]), w(&p("mlp.up_proj"), &[f, h]), w(&p("mlp.down_proj"), &[h, f]));
+        let (wg, wu, wd) =
+            (w(&p("mlp.gate_proj"), &[f, h]), w(&p("mlp.up_proj"), &[f, h]), w(&p("mlp.down_proj"), &[h, f]));
         let hs: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &g_in)).collect();
         let mut q: Vec<Vec<f64>> = hs.iter().map(|r| lin(r, &wq, nh * hd)).collect();
         let mut k: Vec<Vec<f64>> = hs.iter().map(|r| lin(r, &wk, nkv * hd)).collect();
@@ -400,7 +426,10 @@ fn hf_llama_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f64>> {
                 let kvh = head / (nh / nkv);
                 let qs = &q[i][head * hd..(head + 1) * hd];
                 let scores: Vec<f64> = (0..=i)
-                    .map(|j| qs.iter().zip(&k[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        qs.iter().zip(&k[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
@@ -484,7 +513,8 @@ fn golden_logits_of_a_formula_model() {
     }
     let dir = d.path("model");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.safetensors"), tinylm::checkpoint::to_safetensors(&tensors).unwrap()).unwrap();
+    std::fs::write(dir.join("model.safetensors"), tinylm::checkpoint::to_safetensors(&tensors).unwrap())
+        .unwrap();
     let m = tinylm::release::hf::HfModel { cfg: &cfg, vocab, eot: 0 };
     for (name, b) in tinylm::release::hf::side_files(&m).unwrap() {
         std::fs::write(dir.join(name), b).unwrap();
@@ -492,7 +522,8 @@ fn golden_logits_of_a_formula_model() {
     let ids: Vec<u32> = vec![3, 17, 5, 39, 0, 22, 8, 11];
     let theirs = hf_llama_logits(&dir, &ids);
     let model = tinylm::model::Llama::from_tensors(dims, &tensors, "golden").unwrap();
-    let x = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x =
+        candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let ours = model.forward(&x).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
     let diff = max_diff(&theirs, &ours);
     assert!(diff < 1e-4, "tinylm vs the HF reference: max |diff| {diff:e}");

@@ -108,7 +108,9 @@ fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
     let mut listed = BTreeSet::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let parsed = line.split_once("  ").or_else(|| line.split_once(" *"));
-        let Some((hash, rel)) = parsed.filter(|(h, _)| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())) else {
+        let Some((hash, rel)) =
+            parsed.filter(|(h, _)| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        else {
             problems.push(format!("{SUMS_FILE} line {}: not `<sha256>  <path>`", i + 1));
             continue;
         };
@@ -162,7 +164,10 @@ pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (Str
             .map(|d| d.as_u64().map(|d| d as usize))
             .collect::<Option<_>>()
             .ok_or(format!("tensor {name}: bad shape"))?;
-        let offs = t.get("data_offsets").and_then(|o| o.as_array()).ok_or(format!("tensor {name} has no data_offsets"))?;
+        let offs = t
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .ok_or(format!("tensor {name} has no data_offsets"))?;
         let (a, b) = (offs.first().and_then(|x| x.as_u64()), offs.get(1).and_then(|x| x.as_u64()));
         let (Some(a), Some(b)) = (a, b) else { return Err(format!("tensor {name}: bad data_offsets")) };
         let width = match dtype {
@@ -188,7 +193,8 @@ pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (Str
 fn check_model_dir(d: &Path) -> std::result::Result<String, String> {
     let cfg_p = d.join("config.json");
     let text = fs::read_to_string(&cfg_p).map_err(|e| format!("config.json: {e}"))?;
-    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("config.json is not JSON: {e}"))?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("config.json is not JSON: {e}"))?;
     let mut weights = BTreeMap::new();
     let mut files = 0;
     let mut names: Vec<PathBuf> = fs::read_dir(d)
@@ -201,7 +207,8 @@ fn check_model_dir(d: &Path) -> std::result::Result<String, String> {
     // optimizer.safetensors beside the weights in a checkpoint is not part of the model.
     names.retain(|p| p.file_name().is_some_and(|n| n != "optimizer.safetensors"));
     for p in &names {
-        let h = safetensors_header(p).map_err(|e| format!("{}: {e}", p.file_name().unwrap_or_default().to_string_lossy()))?;
+        let h = safetensors_header(p)
+            .map_err(|e| format!("{}: {e}", p.file_name().unwrap_or_default().to_string_lossy()))?;
         weights.extend(h);
         files += 1;
     }
@@ -213,18 +220,24 @@ fn check_model_dir(d: &Path) -> std::result::Result<String, String> {
         return Err("no tokenizer (tokenizer.json or tokenizer.model)".into());
     }
     if d.join("tokenizer.json").is_file() {
-        tokenizers::Tokenizer::from_file(d.join("tokenizer.json")).map_err(|e| format!("tokenizer.json does not load: {e}"))?;
+        tokenizers::Tokenizer::from_file(d.join("tokenizer.json"))
+            .map_err(|e| format!("tokenizer.json does not load: {e}"))?;
     }
     let mt = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     if mt != "llama" {
-        return Ok(format!("{} tensors in {files} file(s); model_type {mt:?}: shapes not checked (only llama is)", weights.len()));
+        return Ok(format!(
+            "{} tensors in {files} file(s); model_type {mt:?}: shapes not checked (only llama is)",
+            weights.len()
+        ));
     }
     let want = hf::llama_shapes(&cfg)?;
     let mut problems = Vec::new();
     for (name, shape) in &want {
         match weights.get(name) {
             None => problems.push(format!("missing tensor {name}")),
-            Some((_, got)) if got != shape => problems.push(format!("{name} is {got:?}, config.json implies {shape:?}")),
+            Some((_, got)) if got != shape => {
+                problems.push(format!("{name} is {got:?}, config.json implies {shape:?}"))
+            }
             _ => {}
         }
     }
@@ -261,7 +274,11 @@ fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
     } else {
         fs::read_dir(dir)
             .ok()
-            .and_then(|r| r.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "bin")))
+            .and_then(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "bin"))
+            })
             .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
     };
     add("Model parameters (Final)", weights);
@@ -269,14 +286,22 @@ fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
     add("Data card", first(&["DATA_CARD.md", "data_card.md", "DATASHEET.md"]));
     add("Technical report", first(&["REPORT.md", "technical_report.md", "technical_report.pdf"]));
     add("Research paper", first(&["PAPER.md", "paper.pdf"]));
-    add("Evaluation results", first(&["eval_results.json", "evaluation"]).or_else(|| {
-        let readme = fs::read_to_string(dir.join("README.md")).unwrap_or_default();
-        card::front_matter(&readme).filter(|fm| fm.contains("model-index")).map(|_| "README.md".to_string())
-    }));
+    add(
+        "Evaluation results",
+        first(&["eval_results.json", "evaluation"]).or_else(|| {
+            let readme = fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+            card::front_matter(&readme)
+                .filter(|fm| fm.contains("model-index"))
+                .map(|_| "README.md".to_string())
+        }),
+    );
     add("Training code", first(&["source", "train.py", "training"]));
     add("Inference code", first(&["source", "inference.py", "modeling.py"]));
     add("Model architecture", first(&["source", "modeling.py"]));
-    add("Model parameters (Intermediate)", (checkpoint_dirs(dir).len() >= 2).then(|| "checkpoints".to_string()));
+    add(
+        "Model parameters (Intermediate)",
+        (checkpoint_dirs(dir).len() >= 2).then(|| "checkpoints".to_string()),
+    );
     add("Datasets", first(&["data/corpus.txt", "data"]));
     out
 }
@@ -284,16 +309,32 @@ fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
 pub fn audit(a: &AuditArgs) -> Result<Audit> {
     let dir = &a.dir;
     if !dir.is_dir() {
-        return Err(Error::hint(format!("{} is not a directory", dir.display()), "pass a model directory, e.g. a tinylm release"));
+        return Err(Error::hint(
+            format!("{} is not a directory", dir.display()),
+            "pass a model directory, e.g. a tinylm release",
+        ));
     }
     let mut checks: Vec<Check> = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
+    let mut check =
+        |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
 
     // 1. Integrity.
     let (integrity, listed) = check_sums(dir)?;
     match listed {
-        Some(n) => check("SHA256SUMS", integrity.is_empty(), if integrity.is_empty() { format!("{n} files match, none unlisted") } else { format!("{} problem(s)", integrity.len()) }),
-        None => check("SHA256SUMS", false, "no SHA256SUMS: the files cannot be checked against a published list".into()),
+        Some(n) => check(
+            "SHA256SUMS",
+            integrity.is_empty(),
+            if integrity.is_empty() {
+                format!("{n} files match, none unlisted")
+            } else {
+                format!("{} problem(s)", integrity.len())
+            },
+        ),
+        None => check(
+            "SHA256SUMS",
+            false,
+            "no SHA256SUMS: the files cannot be checked against a published list".into(),
+        ),
     }
     let bad_files: BTreeSet<String> = integrity
         .iter()
@@ -317,7 +358,16 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
     if let Some(e) = &record_err {
         check("mof.yml", false, e.clone());
     } else if let Some(r) = &record {
-        check("mof.yml", true, format!("valid MOT record, {} components, framework {} {}", r.release.components.len(), r.framework.name, r.framework.version));
+        check(
+            "mof.yml",
+            true,
+            format!(
+                "valid MOT record, {} components, framework {} {}",
+                r.release.components.len(),
+                r.framework.name,
+                r.framework.version
+            ),
+        );
     }
     // (name, licence, path, licence path)
     let listed_comps: Vec<(String, String, String, Option<String>)> = match &record {
@@ -325,7 +375,9 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
             .release
             .components
             .iter()
-            .map(|c| (c.name.clone(), c.license.clone(), c.component_path.clone(), Some(c.license_path.clone())))
+            .map(|c| {
+                (c.name.clone(), c.license.clone(), c.component_path.clone(), Some(c.license_path.clone()))
+            })
             .collect(),
         None => infer(dir, card_lic.as_deref().unwrap_or(license::UNLICENSED))
             .into_iter()
@@ -343,7 +395,11 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                     status: Status::Missing,
                     license: String::new(),
                     path: String::new(),
-                    notes: vec![if record.is_some() { "not in mof.yml".into() } else { "no such file in the folder".into() }],
+                    notes: vec![if record.is_some() {
+                        "not in mof.yml".into()
+                    } else {
+                        "no such file in the folder".into()
+                    }],
                 };
             };
             let mut notes = Vec::new();
@@ -353,7 +409,9 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 Status::Invalid
             } else {
                 let verdict = match license::judge(lic, mc.kind) {
-                    license::Verdict::WrongKind(_) if mof::accepts_code_licence(mc.name) => license::judge(lic, license::Kind::Code),
+                    license::Verdict::WrongKind(_) if mof::accepts_code_licence(mc.name) => {
+                        license::judge(lic, license::Kind::Code)
+                    }
                     v => v,
                 };
                 match verdict {
@@ -380,12 +438,24 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
             }
             // A component whose files failed the hash check is not what was published.
             let prefix = format!("{}/", path.trim_end_matches('/'));
-            let broken: Vec<&String> = bad_files.iter().filter(|f| *f == path || f.starts_with(&prefix)).collect();
+            let broken: Vec<&String> =
+                bad_files.iter().filter(|f| *f == path || f.starts_with(&prefix)).collect();
             if !broken.is_empty() {
-                notes.push(format!("fails the hash check: {}", broken.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+                notes.push(format!(
+                    "fails the hash check: {}",
+                    broken.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
                 status = Status::Invalid;
             }
-            ComponentStatus { name: mc.name.into(), class: mc.class, optional: mc.optional, status, license: lic.clone(), path: path.clone(), notes }
+            ComponentStatus {
+                name: mc.name.into(),
+                class: mc.class,
+                optional: mc.optional,
+                status,
+                license: lic.clone(),
+                path: path.clone(),
+                notes,
+            }
         })
         .collect();
     let mut invalidate = |name: &str, why: String| {
@@ -401,7 +471,14 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
     let final_dir = if dir.join("model").is_dir() { dir.join("model") } else { dir.to_path_buf() };
     let final_ok = match check_model_dir(&final_dir) {
         Ok(d) => {
-            check("weights", true, format!("{}: {d}", final_dir.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default()));
+            check(
+                "weights",
+                true,
+                format!(
+                    "{}: {d}",
+                    final_dir.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+            );
             true
         }
         Err(e) => {
@@ -431,9 +508,18 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
         invalidate("Model parameters (Intermediate)", ck_bad.join("; "));
     } else {
         let ok = intermediate >= 2;
-        check("checkpoints", ok, format!("{intermediate} intermediate checkpoint(s) besides the final weights (at least 2 wanted)"));
+        check(
+            "checkpoints",
+            ok,
+            format!(
+                "{intermediate} intermediate checkpoint(s) besides the final weights (at least 2 wanted)"
+            ),
+        );
         if !ok {
-            invalidate("Model parameters (Intermediate)", format!("only {intermediate} intermediate checkpoint(s); at least 2 wanted"));
+            invalidate(
+                "Model parameters (Intermediate)",
+                format!("only {intermediate} intermediate checkpoint(s); at least 2 wanted"),
+            );
         }
     }
     if let (Some(r), Some(cl)) = (&record, &card_lic) {
@@ -456,7 +542,8 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
     // tinylm release: replay the data and read the build record.
     let mut dirty = false;
     if dir.join(RELEASE_JSON).is_file() {
-        let rj: Option<super::ReleaseRecord> = fs::read(dir.join(RELEASE_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let rj: Option<super::ReleaseRecord> =
+            fs::read(dir.join(RELEASE_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());
         match &rj {
             Some(r) => {
                 dirty = r.git_dirty;
@@ -567,7 +654,10 @@ fn replay_data(dir: &Path) -> std::result::Result<String, String> {
         }
     }
     if bad.is_empty() {
-        Ok(format!("data/corpus.txt re-prepared: tokenizer, {} train and {} val tokens match the manifest", p.meta.train.tokens, p.meta.val.tokens))
+        Ok(format!(
+            "data/corpus.txt re-prepared: tokenizer, {} train and {} val tokens match the manifest",
+            p.meta.train.tokens, p.meta.val.tokens
+        ))
     } else {
         Err(format!("re-prepared data differs: {}", bad.join(", ")))
     }
@@ -577,7 +667,10 @@ impl Audit {
     pub fn table(&self) -> String {
         let mut s = format!("audit of {}\n\n", self.dir);
         let w = 32;
-        s += &format!("{:<w$} {:<5} {:<10} {:<20} {}\n", "component", "class", "status", "licence", "path / notes");
+        s += &format!(
+            "{:<w$} {:<5} {:<10} {:<20} {}\n",
+            "component", "class", "status", "licence", "path / notes"
+        );
         for c in &self.components {
             let class = format!("{}{}", roman(c.class), if c.optional { "*" } else { "" });
             let mut tail = c.path.clone();
@@ -595,7 +688,10 @@ impl Audit {
         }
         s += "\nModel Openness Framework 1.0:\n";
         for p in &self.progress {
-            s += &format!("  {:<10} {:>5.1}% ({}/{} required components)\n", p.class, p.percent, p.included, p.required);
+            s += &format!(
+                "  {:<10} {:>5.1}% ({}/{} required components)\n",
+                p.class, p.percent, p.included, p.required
+            );
         }
         s += &format!("  class met: {}\n", self.label);
         // What each class still lacks, from the next class up to Class I.
@@ -613,7 +709,11 @@ impl Audit {
         }
         s += &format!(
             "  claimed: {}\n",
-            if self.class_claimed == 0 { "nothing".to_string() } else { mof::class_label(self.class_claimed).to_string() }
+            if self.class_claimed == 0 {
+                "nothing".to_string()
+            } else {
+                mof::class_label(self.class_claimed).to_string()
+            }
         );
         s += "\nOSI Open Source AI Definition 1.0 (checked apart from the MOF class):\n";
         for c in &self.osi {
@@ -624,14 +724,22 @@ impl Audit {
             if self.passed {
                 format!("PASS: {} met", self.label)
             } else if !self.integrity.is_empty() {
-                format!("FAIL: {} file problem(s): {}", self.integrity.len(), self.integrity.iter().take(3).cloned().collect::<Vec<_>>().join("; "))
+                format!(
+                    "FAIL: {} file problem(s): {}",
+                    self.integrity.len(),
+                    self.integrity.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                )
             } else if self.record.is_none() && self.checks.iter().any(|c| c.name == "mof.yml" && !c.ok) {
                 "FAIL: mof.yml is not a valid MOT record".to_string()
             } else {
                 format!(
                     "FAIL: {} claimed, {} met",
                     mof::class_label(self.class_claimed),
-                    if self.class_met == 0 { "no class".to_string() } else { mof::class_label(self.class_met).to_string() }
+                    if self.class_met == 0 {
+                        "no class".to_string()
+                    } else {
+                        mof::class_label(self.class_met).to_string()
+                    }
                 )
             }
         );

@@ -68,7 +68,10 @@ pub fn dataset_id(f: &Facts) -> String {
     let d = &f.cfg.data;
     match d.source.as_str() {
         "builtin" => format!("tinylm-builtin-stories-s{}-b{}", d.builtin_seed, d.builtin_bytes),
-        _ => format!("corpus-{}", &f.manifest.data.corpus_sha256[..12.min(f.manifest.data.corpus_sha256.len())]),
+        _ => format!(
+            "corpus-{}",
+            &f.manifest.data.corpus_sha256[..12.min(f.manifest.data.corpus_sha256.len())]
+        ),
     }
 }
 
@@ -131,7 +134,8 @@ pub fn model_card(f: &Facts, class: u8, comps: &[(String, ComponentFiles)]) -> R
             }],
         }],
     };
-    let yaml = serde_norway::to_string(&fm).map_err(|e| Error::msg(format!("model card front matter: {e}")))?;
+    let yaml =
+        serde_norway::to_string(&fm).map_err(|e| Error::msg(format!("model card front matter: {e}")))?;
     let eval = match final_eval(f) {
         Some((step, loss, ppl, bpb)) => format!(
             "| step | validation loss (nats/token) | perplexity | bits per byte |\n| --- | --- | --- | --- |\n| {step} | {loss:.4} | {ppl:.3} | {bpb:.4} |\n"
@@ -305,7 +309,9 @@ fn data_summary(f: &Facts) -> String {
             "tinylm's built-in corpus: simple English stories generated offline from seed {} ({} bytes)",
             f.cfg.data.builtin_seed, d.corpus_bytes
         ),
-        "url" => format!("the text at {} ({} bytes)", f.cfg.data.url.clone().unwrap_or_default(), d.corpus_bytes),
+        "url" => {
+            format!("the text at {} ({} bytes)", f.cfg.data.url.clone().unwrap_or_default(), d.corpus_bytes)
+        }
         _ => format!("the file {} ({} bytes)", f.cfg.data.path.clone().unwrap_or_default(), d.corpus_bytes),
     };
     let inc = if f.data_included {
@@ -394,7 +400,10 @@ problems to {contact}.
         toks = d.tokenizer_sha256,
         collection = collection,
         dist = if f.data_included {
-            format!("`data/corpus.txt` in this release, under {} (full text in `LICENSES/`).", f.licenses.data)
+            format!(
+                "`data/corpus.txt` in this release, under {} (full text in `LICENSES/`).",
+                f.licenses.data
+            )
         } else {
             format!(
                 "Not redistributed here: {}. Get it from the source named above and check its SHA-256.",
@@ -409,8 +418,14 @@ pub fn data_recipe(f: &Facts) -> String {
     let d = &f.manifest.data;
     let c = &f.cfg.data;
     let source = match c.source.as_str() {
-        "builtin" => format!("builtin: `corpus::generate(seed = {}, bytes = {})`", c.builtin_seed, c.builtin_bytes),
-        "url" => format!("url: {} (cached at {:?})", c.url.clone().unwrap_or_default(), c.path.clone().unwrap_or_default()),
+        "builtin" => {
+            format!("builtin: `corpus::generate(seed = {}, bytes = {})`", c.builtin_seed, c.builtin_bytes)
+        }
+        "url" => format!(
+            "url: {} (cached at {:?})",
+            c.url.clone().unwrap_or_default(),
+            c.path.clone().unwrap_or_default()
+        ),
         _ => format!("file: {:?}", c.path.clone().unwrap_or_default()),
     };
     let missing = if f.data_included {
@@ -475,22 +490,34 @@ tinylm batches . --step N
 fn why(key: &str) -> &'static str {
     match key {
         "run.name" => "names the run directory; never changes the weights",
-        "run.seed" => "root of every random stream (init, batches, samples): a pure function of (seed, purpose, key)",
+        "run.seed" => {
+            "root of every random stream (init, batches, samples): a pure function of (seed, purpose, key)"
+        }
         "run.threads" => "matmul threads; tested not to change the weights (1, 2, 4 threads)",
         "data.source" => "where the corpus comes from (builtin: generated offline, no licence doubts)",
-        "data.path" | "data.url" | "data.dir" => "where the data lives; may differ on resume, the hashes are checked instead",
+        "data.path" | "data.url" | "data.dir" => {
+            "where the data lives; may differ on resume, the hashes are checked instead"
+        }
         "data.sha256" => "pins the corpus: any other bytes are refused",
         "data.val_fraction" => "held-out tail for validation, cut at a line start so no line is split",
         "data.builtin_seed" => "seed of the story generator, independent of run.seed",
-        "data.builtin_bytes" => "corpus size: enough text that the model does not memorise it in this many steps",
-        "tokenizer.vocab_size" => "small vocabulary: 256 bytes + <|endoftext|> + merges; a tiny model cannot use a large one",
-        "model.n_layer" | "model.n_head" | "model.d_model" | "model.d_ff" => "model size chosen to train in minutes on a laptop CPU",
+        "data.builtin_bytes" => {
+            "corpus size: enough text that the model does not memorise it in this many steps"
+        }
+        "tokenizer.vocab_size" => {
+            "small vocabulary: 256 bytes + <|endoftext|> + merges; a tiny model cannot use a large one"
+        }
+        "model.n_layer" | "model.n_head" | "model.d_model" | "model.d_ff" => {
+            "model size chosen to train in minutes on a laptop CPU"
+        }
         "model.rope_theta" => "Llama's RoPE base (10000): the HF default, so config.json needs no scaling",
         "model.norm_eps" => "RMSNorm epsilon as in Llama",
         "optim.lr" => "peak learning rate; high because the model is tiny",
         "optim.min_lr" => "cosine floor, 1/10 of the peak as in common Llama recipes",
         "optim.warmup_steps" => "linear warmup avoids early divergence of AdamW",
-        "optim.schedule_steps" => "cosine length (0 = train.steps); pinned to stop or extend a run without changing it",
+        "optim.schedule_steps" => {
+            "cosine length (0 = train.steps); pinned to stop or extend a run without changing it"
+        }
         "optim.beta1" | "optim.beta2" => "AdamW moments as in GPT-3/Llama (0.9, 0.95)",
         "optim.eps" => "AdamW epsilon",
         "optim.weight_decay" => "decoupled decay on matrices only; norm gains are not decayed",
@@ -499,7 +526,9 @@ fn why(key: &str) -> &'static str {
         "train.batch_size" | "train.grad_accum" => "sequences per optimizer step = batch_size x grad_accum",
         "train.context" => "tokens per sequence; also max_position_embeddings",
         "train.log_every" => "progress line cadence; never changes the weights",
-        k if k.starts_with("eval.") => "evaluation cadence and sampling; own random streams, never changes the weights",
+        k if k.starts_with("eval.") => {
+            "evaluation cadence and sampling; own random streams, never changes the weights"
+        }
         k if k.starts_with("checkpoint.") => "checkpoint cadence and retention; never changes the weights",
         _ => "see the config documentation in source/README.md",
     }
@@ -511,7 +540,8 @@ pub fn report(f: &Facts, class: u8) -> String {
     let mut decisions = String::from("| key | value | default | why |\n| --- | --- | --- | --- |\n");
     for (k, v) in f.cfg.flat() {
         let d = defaults.get(&k).map(String::as_str).unwrap_or("(none)");
-        decisions += &format!("| `{k}` | `{}` | `{}` | {} |\n", v.replace('|', "\\|"), d.replace('|', "\\|"), why(&k));
+        decisions +=
+            &format!("| `{k}` | `{}` | `{}` | {} |\n", v.replace('|', "\\|"), d.replace('|', "\\|"), why(&k));
     }
     let mut evals = String::from("| step | train loss | val loss | perplexity | bits/byte | lr |\n| --- | --- | --- | --- | --- | --- |\n");
     for p in f.metrics.iter().filter(|p| p.val_loss.is_some()) {

@@ -105,7 +105,9 @@ pub fn side_files(m: &HfModel) -> Result<Vec<(&'static str, Vec<u8>)>> {
 
 /// Expected tensor shapes of an HF Llama from its `config.json`; the audit checks weights
 /// against it. Err names the first missing or malformed key.
-pub fn llama_shapes(cfg: &Value) -> std::result::Result<std::collections::BTreeMap<String, Vec<usize>>, String> {
+pub fn llama_shapes(
+    cfg: &Value,
+) -> std::result::Result<std::collections::BTreeMap<String, Vec<usize>>, String> {
     let get = |k: &str| -> std::result::Result<usize, String> {
         cfg.get(k).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| format!("config.json lacks {k}"))
     };

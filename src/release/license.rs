@@ -215,6 +215,8 @@ mod tests {
         assert!(has("CC0-1.0", "Statement of Purpose") > 6000);
         assert!(has("CC-BY-4.0", "Attribution 4.0 International Public License") > 15_000);
         assert!(!find("CC-BY-4.0").and_then(|l| l.text).unwrap_or_default().contains("ShareAlike"));
-        assert!(has("CDLA-Permissive-2.0", "Community Data License Agreement - Permissive - Version 2.0") > 2000);
+        assert!(
+            has("CDLA-Permissive-2.0", "Community Data License Agreement - Permissive - Version 2.0") > 2000
+        );
     }
 }

@@ -139,10 +139,8 @@ impl Licenses {
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days, H. Hinnant).
 pub fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let z = (secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -174,7 +172,9 @@ pub fn walk(root: &Path) -> Result<Vec<String>> {
                 go(root, &p, out)?;
             } else {
                 let rel = p.strip_prefix(root).unwrap_or(&p);
-                out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+                out.push(
+                    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
+                );
             }
         }
         Ok(())
@@ -230,7 +230,10 @@ fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<Strin
         if allow_unlicensed {
             return Ok(c);
         }
-        return Err(Error::hint(format!("{flag} must name a licence"), format!("pass one of: {}", known_texts.join(", "))));
+        return Err(Error::hint(
+            format!("{flag} must name a licence"),
+            format!("pass one of: {}", known_texts.join(", ")),
+        ));
     }
     for part in c.split(" OR ").flat_map(|p| p.split(" AND ")) {
         if license::find(part).and_then(|l| l.text).is_none() {
@@ -272,7 +275,10 @@ fn find_repo(commit: &str, hint: Option<&Path>) -> Result<PathBuf> {
 fn archive(repo: &Path, commit: &str, dest: &Path) -> Result<()> {
     fs::create_dir_all(dest).at(dest)?;
     let fail = |e: String| {
-        Error::hint(format!("git archive {commit} from {} failed: {e}", repo.display()), "check that git and tar are installed")
+        Error::hint(
+            format!("git archive {commit} from {} failed: {e}", repo.display()),
+            "check that git and tar are installed",
+        )
     };
     let mut g = Command::new("git")
         .arg("-C")
@@ -282,7 +288,13 @@ fn archive(repo: &Path, commit: &str, dest: &Path) -> Result<()> {
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
     let stdout = g.stdout.take().ok_or_else(|| fail("no output".into()))?;
-    let t = Command::new("tar").arg("-x").arg("-C").arg(dest).stdin(stdout).status().map_err(|e| fail(e.to_string()))?;
+    let t = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dest)
+        .stdin(stdout)
+        .status()
+        .map_err(|e| fail(e.to_string()))?;
     let gs = g.wait().map_err(|e| fail(e.to_string()))?;
     if !gs.success() || !t.success() {
         return Err(fail(format!("git exited {gs}, tar exited {t}")));
@@ -302,7 +314,8 @@ fn corpus_bytes(cfg: &Config, m: &Manifest, a: &ReleaseArgs) -> Result<Vec<u8>> 
             .or_else(|| cfg.data.path.as_ref().map(PathBuf::from))
             .or_else(|| {
                 cfg.data.url.as_ref().map(|u| {
-                    Path::new(&cfg.data.dir).join(u.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download.txt"))
+                    Path::new(&cfg.data.dir)
+                        .join(u.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download.txt"))
                 })
             })
             .ok_or_else(|| Error::hint("the run's config names no corpus file", "pass --corpus FILE"))?;
@@ -325,7 +338,11 @@ fn corpus_bytes(cfg: &Config, m: &Manifest, a: &ReleaseArgs) -> Result<Vec<u8>> 
 
 /// The first of `candidates` present under `root`, else `fallback`.
 fn first_present(root: &Path, candidates: &[&str], fallback: &str) -> String {
-    candidates.iter().find(|c| root.join(c).exists()).map(|c| c.to_string()).unwrap_or_else(|| fallback.to_string())
+    candidates
+        .iter()
+        .find(|c| root.join(c).exists())
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| fallback.to_string())
 }
 
 pub struct Summary {
@@ -354,12 +371,18 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
     let cfg = Config::load(&run.join(CONFIG_FILE), &[])?;
     let steps: Vec<(u64, PathBuf)> = checkpoint::list(run)?;
     let Some((final_step, final_dir)) = steps.last().cloned() else {
-        return Err(Error::hint(format!("{} has no checkpoints", run.display()), "train the run to completion first"));
+        return Err(Error::hint(
+            format!("{} has no checkpoints", run.display()),
+            "train the run to completion first",
+        ));
     };
     // A damaged run must not be published: every recorded file is checked first.
     let rows = crate::verify::check_files(run, &m);
-    let bad: Vec<String> =
-        rows.iter().filter(|r| r.recorded != r.recomputed).map(|r| format!("{} ({})", r.artifact, r.recomputed)).collect();
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| r.recorded != r.recomputed)
+        .map(|r| format!("{} ({})", r.artifact, r.recomputed))
+        .collect();
     if !bad.is_empty() {
         return Err(Error::hint(
             format!("{} does not match its manifest: {}", run.display(), bad.join(", ")),
@@ -410,7 +433,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
 
     let parent = a.out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).at(parent)?;
-    let name = a.out_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+    let name =
+        a.out_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
     let tmp = parent.join(format!(".tmp-release-{}-{name}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).at(&tmp)?;
@@ -457,7 +481,10 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
                 seed,
             })?;
             let cmd = sample_cmd.replace("step-NNNNNNNN", &checkpoint::dir_name(*step));
-            o.put(&format!("run/samples/{}.txt", checkpoint::dir_name(*step)), format!("$ {cmd}\n{text}\n").as_bytes())?;
+            o.put(
+                &format!("run/samples/{}.txt", checkpoint::dir_name(*step)),
+                format!("$ {cmd}\n{text}\n").as_bytes(),
+            )?;
             samples.push((*step, text));
         }
 
@@ -469,7 +496,10 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         let metrics_path = run.join(crate::train::METRICS_FILE);
         let metrics_text = fs::read_to_string(&metrics_path).at(&metrics_path)?;
         let metrics = plot::parse_metrics(&metrics_text, &metrics_path.display().to_string())?;
-        o.put("run/plots/loss.svg", plot::loss_svg(&metrics, &format!("tinylm run {}", m.run_name))?.as_bytes())?;
+        o.put(
+            "run/plots/loss.svg",
+            plot::loss_svg(&metrics, &format!("tinylm run {}", m.run_name))?.as_bytes(),
+        )?;
 
         // Data: the corpus when its licence allows, always the recipe and the hashes.
         if data_included {
@@ -587,7 +617,10 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         for (name, mut c) in comps.clone() {
             let p = tmp.join(&c.component_path);
             let files: Vec<String> = if p.is_dir() {
-                walk(&p)?.into_iter().map(|f| format!("{}/{f}", c.component_path.trim_end_matches('/'))).collect()
+                walk(&p)?
+                    .into_iter()
+                    .map(|f| format!("{}/{f}", c.component_path.trim_end_matches('/')))
+                    .collect()
             } else {
                 vec![c.component_path.clone()]
             };
@@ -630,7 +663,13 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         o.put(RELEASE_JSON, rj.as_bytes())?;
         let s = sums(&tmp)?;
         o.put(SUMS_FILE, s.as_bytes())?;
-        Ok(Summary { out_dir: a.out_dir.clone(), class, files: s.lines().count() + 1, missing, dirty: git_dirty })
+        Ok(Summary {
+            out_dir: a.out_dir.clone(),
+            class,
+            files: s.lines().count() + 1,
+            missing,
+            dirty: git_dirty,
+        })
     })();
     match built {
         Ok(summary) => {
@@ -662,7 +701,9 @@ fn missing_reason(name: &str, f: &Facts) -> String {
 /// later, once everything is written.
 fn components(f: &Facts, root: &Path) -> Vec<(String, ComponentFiles)> {
     let l = &f.licenses;
-    let lp = |expr: &str| license::texts(expr).first().map(|l| format!("LICENSES/{}.txt", l.id)).unwrap_or_default();
+    let lp = |expr: &str| {
+        license::texts(expr).first().map(|l| format!("LICENSES/{}.txt", l.id)).unwrap_or_default()
+    };
     let mut out: Vec<(String, ComponentFiles)> = Vec::new();
     let mut add = |name: &str, lic: &str, path: String, description: String| {
         out.push((
@@ -682,28 +723,113 @@ fn components(f: &Facts, root: &Path) -> Vec<(String, ComponentFiles)> {
         first_present(root, &rel, "source")
     };
     if f.source_included {
-        let dirty = if f.git_dirty { " WARNING: the run was trained by a build with uncommitted changes (--allow-dirty); this is the recorded commit, not exactly the code that ran." } else { "" };
-        add("Model architecture", &l.code, src(&["src/model.rs", "src/model/mod.rs", "src/model"]), format!("Llama decoder in candle (RMSNorm, RoPE, SwiGLU); HF LlamaForCausalLM layout.{dirty}"));
-        add("Training code", &l.code, "source".into(), format!("The tinylm crate at commit {}: `tinylm train`.{dirty}", f.git_commit));
-        add("Inference code", &l.code, src(&["src/sample.rs", "src/sample"]), format!("Text generation (`tinylm sample`); model/ also loads in HF transformers.{dirty}"));
-        add("Evaluation code", &l.code, src(&["src/train.rs", "src/train/eval.rs", "src/eval.rs"]), format!("Validation loss, perplexity and bits per byte over fixed windows (`evaluate`).{dirty}"));
-        add("Data preprocessing code", &l.code, src(&["src/data.rs", "src/data/mod.rs", "src/data"]), format!("Corpus, split, byte-level BPE tokenizer, token files (`tinylm prepare`).{dirty}"));
-        add("Supporting libraries and tools", &l.code, src(&["Cargo.lock"]), "Pinned dependency versions (candle, tokenizers, safetensors); each crate under its own licence.".into());
+        let dirty = if f.git_dirty {
+            " WARNING: the run was trained by a build with uncommitted changes (--allow-dirty); this is the recorded commit, not exactly the code that ran."
+        } else {
+            ""
+        };
+        add(
+            "Model architecture",
+            &l.code,
+            src(&["src/model.rs", "src/model/mod.rs", "src/model"]),
+            format!("Llama decoder in candle (RMSNorm, RoPE, SwiGLU); HF LlamaForCausalLM layout.{dirty}"),
+        );
+        add(
+            "Training code",
+            &l.code,
+            "source".into(),
+            format!("The tinylm crate at commit {}: `tinylm train`.{dirty}", f.git_commit),
+        );
+        add(
+            "Inference code",
+            &l.code,
+            src(&["src/sample.rs", "src/sample"]),
+            format!("Text generation (`tinylm sample`); model/ also loads in HF transformers.{dirty}"),
+        );
+        add(
+            "Evaluation code",
+            &l.code,
+            src(&["src/train.rs", "src/train/eval.rs", "src/eval.rs"]),
+            format!("Validation loss, perplexity and bits per byte over fixed windows (`evaluate`).{dirty}"),
+        );
+        add(
+            "Data preprocessing code",
+            &l.code,
+            src(&["src/data.rs", "src/data/mod.rs", "src/data"]),
+            format!("Corpus, split, byte-level BPE tokenizer, token files (`tinylm prepare`).{dirty}"),
+        );
+        add(
+            "Supporting libraries and tools",
+            &l.code,
+            src(&["Cargo.lock"]),
+            "Pinned dependency versions (candle, tokenizers, safetensors); each crate under its own licence."
+                .into(),
+        );
     }
-    add("Model parameters (Final)", &l.weights, "model".into(), format!("Final weights (step {}), fp32 safetensors, HF Llama layout with config and tokenizer.", f.final_step));
+    add(
+        "Model parameters (Final)",
+        &l.weights,
+        "model".into(),
+        format!(
+            "Final weights (step {}), fp32 safetensors, HF Llama layout with config and tokenizer.",
+            f.final_step
+        ),
+    );
     if f.steps.len() > 2 {
-        add("Model parameters (Intermediate)", &l.weights, "checkpoints".into(), format!("Every kept checkpoint ({} in all) with AdamW moments and state.json.", f.steps.len()));
+        add(
+            "Model parameters (Intermediate)",
+            &l.weights,
+            "checkpoints".into(),
+            format!("Every kept checkpoint ({} in all) with AdamW moments and state.json.", f.steps.len()),
+        );
     }
     add("Model metadata", &l.weights, "run".into(), "Resolved training config, manifest (hashes of every input and output, build, sessions), per-step metrics; optimizer state is in checkpoints/.".into());
     add("Evaluation results", &l.document, "run/metrics.jsonl".into(), "Validation loss, perplexity and bits per byte at every eval step (also in README.md model-index and REPORT.md).".into());
     add("Model card", &l.document, "README.md".into(), "Hugging Face model card.".into());
-    add("Data card", &l.document, "DATA_CARD.md".into(), "Motivation, composition, collection, preprocessing, uses, distribution, maintenance of the data.".into());
-    add("Technical report", &l.document, "REPORT.md".into(), "Every training decision with its value and reason, loss curves, evaluation, verification.".into());
-    add("Research paper", &l.document, "REPORT.md".into(), "The technical report is the paper: it documents the method, the set-up and the evidence.".into());
-    add("Sample model outputs", &l.document, "run/samples".into(), "A fixed-seed sample from every checkpoint, with the command that reproduces it.".into());
+    add(
+        "Data card",
+        &l.document,
+        "DATA_CARD.md".into(),
+        "Motivation, composition, collection, preprocessing, uses, distribution, maintenance of the data."
+            .into(),
+    );
+    add(
+        "Technical report",
+        &l.document,
+        "REPORT.md".into(),
+        "Every training decision with its value and reason, loss curves, evaluation, verification.".into(),
+    );
+    add(
+        "Research paper",
+        &l.document,
+        "REPORT.md".into(),
+        "The technical report is the paper: it documents the method, the set-up and the evidence.".into(),
+    );
+    add(
+        "Sample model outputs",
+        &l.document,
+        "run/samples".into(),
+        "A fixed-seed sample from every checkpoint, with the command that reproduces it.".into(),
+    );
     if f.data_included {
-        add("Datasets", &l.data, "data".into(), format!("The {} corpus (sha256 {}), split rule, tokenizer recipe and token hashes.", f.cfg.data.source, f.manifest.data.corpus_sha256));
-        add("Evaluation data", &l.data, "data/corpus.txt".into(), format!("The validation split: the last {} of data/corpus.txt, cut at a line start.", f.cfg.data.val_fraction));
+        add(
+            "Datasets",
+            &l.data,
+            "data".into(),
+            format!(
+                "The {} corpus (sha256 {}), split rule, tokenizer recipe and token hashes.",
+                f.cfg.data.source, f.manifest.data.corpus_sha256
+            ),
+        );
+        add(
+            "Evaluation data",
+            &l.data,
+            "data/corpus.txt".into(),
+            format!(
+                "The validation split: the last {} of data/corpus.txt, cut at a line start.",
+                f.cfg.data.val_fraction
+            ),
+        );
     }
     out.sort_by_key(|(n, _)| mof::COMPONENTS.iter().position(|c| c.name == n).unwrap_or(99));
     out

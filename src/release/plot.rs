@@ -21,7 +21,10 @@ pub fn parse_metrics(text: &str, origin: &str) -> Result<Vec<Point>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Error::hint(format!("{origin} line {}: not JSON: {e}", i + 1), "the run's metrics file is damaged")
+            Error::hint(
+                format!("{origin} line {}: not JSON: {e}", i + 1),
+                "the run's metrics file is damaged",
+            )
         })?;
         let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
         let (Some(step), Some(loss), Some(lr)) = (f("step"), f("loss"), f("lr")) else {
@@ -30,7 +33,14 @@ pub fn parse_metrics(text: &str, origin: &str) -> Result<Vec<Point>> {
                 "the run's metrics file is damaged",
             ));
         };
-        out.push(Point { step, loss, lr, val_loss: f("val_loss"), val_ppl: f("val_ppl"), val_bpb: f("val_bpb") });
+        out.push(Point {
+            step,
+            loss,
+            lr,
+            val_loss: f("val_loss"),
+            val_ppl: f("val_ppl"),
+            val_bpb: f("val_bpb"),
+        });
     }
     Ok(out)
 }
@@ -64,6 +74,7 @@ pub fn loss_svg(points: &[Point], title: &str) -> Result<String> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("loss (nats/token)")
             .draw()
             .map_err(draw_err)?;
