@@ -299,6 +299,13 @@ fn file_corpus_without_a_licence_is_left_out_and_the_audit_says_what_it_costs() 
     let (code, out) = audit(&d, "rel2", &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("class met: Class I"), "{out}");
+    // A licence of the wrong kind (a code licence on data) still counts, with a warning.
+    let o = d.run(&["release", "runs/f", "rel4", "--allow-dirty", "--date", DATE, "--data-license", "MIT"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, out) = audit(&d, "rel4", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out.lines().find(|l| l.starts_with("Datasets")).unwrap();
+    assert!(line.contains("included") && line.contains("warning: MIT is a code licence"), "{line}");
     // Unknown licences are refused with the list of known ones.
     let o = d.run(&["release", "runs/f", "rel3", "--weights-license", "my-licence"]);
     assert_one_line_error(&o, "--weights-license \"my-licence\"");

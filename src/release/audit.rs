@@ -213,7 +213,15 @@ fn check_model_dir(d: &Path) -> std::result::Result<String, String> {
         files += 1;
     }
     if files == 0 {
-        return Err("no *.safetensors weights".into());
+        let pickle = fs::read_dir(d)
+            .map(|r| r.flatten().any(|e| e.path().extension().is_some_and(|x| x == "bin")))
+            .unwrap_or(false);
+        return Err(if pickle {
+            "weights only as pickle (*.bin), which the audit does not load: convert them to safetensors"
+                .into()
+        } else {
+            "no *.safetensors weights".into()
+        });
     }
     let tok = ["tokenizer.json", "tokenizer.model"].iter().any(|t| d.join(t).is_file());
     if !tok {
@@ -744,5 +752,32 @@ impl Audit {
             }
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_header_reads_shapes_and_catches_truncation() {
+        let dir = std::env::temp_dir().join(format!("tinylm-audit-st-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let t: BTreeMap<String, candle_core::Tensor> = [(
+            "w".to_string(),
+            candle_core::Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &candle_core::Device::Cpu)
+                .unwrap(),
+        )]
+        .into();
+        let bytes = crate::checkpoint::to_safetensors(&t).unwrap();
+        let p = dir.join("m.safetensors");
+        fs::write(&p, &bytes).unwrap();
+        let h = safetensors_header(&p).unwrap();
+        assert_eq!(h["w"], ("F32".to_string(), vec![2, 3]));
+        fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(safetensors_header(&p).unwrap_err().contains("describes"));
+        fs::write(&p, b"\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
+        assert!(safetensors_header(&p).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
