@@ -13,6 +13,7 @@ pub mod error;
 pub mod manifest;
 pub mod model;
 pub mod optim;
+pub mod release;
 pub mod rng;
 pub mod run;
 pub mod sample;

@@ -20,8 +20,10 @@ use tinylm::{sample, threads, verify, Error, Result};
   tinylm train --resume checkpoints/tiny               continue a run after a stop
   tinylm sample --checkpoint checkpoints/tiny --prompt \"Once upon a time\" --seed 1
   tinylm verify checkpoints/tiny                       retrain and compare every recorded hash
+  tinylm release checkpoints/tiny release/tiny         publish: HF layout, cards, licences, MOF record
+  tinylm audit release/tiny                            check hashes, licences and the MOF class
 
-Exit codes: 0 ok, 1 verify mismatch, 2 error, 130 interrupted (a checkpoint was written)."
+Exit codes: 0 ok, 1 verify mismatch or audit failed, 2 error, 130 interrupted (a checkpoint was written)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -99,6 +101,70 @@ enum Cmd {
         /// changes results.
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Publish a finished run as a self-contained release: HF model layout, model card, data
+    /// card, technical report, every checkpoint, data, source, licences, mof.yml, SHA256SUMS.
+    Release {
+        run_dir: PathBuf,
+        /// Must not exist, or be empty.
+        out_dir: PathBuf,
+        /// Licence of the code (SPDX expression).
+        #[arg(long, default_value = tinylm::release::CODE_LICENSE)]
+        code_license: String,
+        /// Licence of the corpus. Default: CC0-1.0 for the built-in corpus; a file or URL
+        /// corpus without it is left out of the release ("unlicensed").
+        #[arg(long)]
+        data_license: Option<String>,
+        /// Licence of the weights (final and intermediate) and model metadata.
+        #[arg(long, default_value = "Apache-2.0")]
+        weights_license: String,
+        /// Licence of the cards and report.
+        #[arg(long, default_value = "CC-BY-4.0")]
+        doc_license: String,
+        /// Publish a run trained by a build with uncommitted changes (marked in the card).
+        #[arg(long)]
+        allow_dirty: bool,
+        /// Leave out source/ (the code components are then missing).
+        #[arg(long)]
+        no_source: bool,
+        /// Git repository holding the run's commit (default: this directory's, else the one
+        /// tinylm was built from).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// The corpus file of a file/URL source (default: data.path from the run's config).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Release date, YYYY-MM-DD (default: today, UTC): the only date in the release.
+        #[arg(long)]
+        date: Option<String>,
+        /// Contact for mof.yml and the cards.
+        #[arg(long, default_value = "")]
+        contact: String,
+    },
+    /// Check a model directory (a tinylm release or any HF model folder): hashes, weights vs
+    /// config.json, licences, mof.yml, data replay; print the MOF class met.
+    /// Exit 0 when the claimed class is met and every hash matches, 1 when not, 2 on error.
+    Audit {
+        dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The class that must be met (1, 2 or 3); default: the class mof.yml's components claim.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+        require: Option<u8>,
+        /// Do not re-prepare a release's data to check its token hashes.
+        #[arg(long)]
+        skip_data_replay: bool,
+    },
+    /// Print the exact token windows training step N saw (JSON lines), from a release or run.
+    Batches {
+        path: PathBuf,
+        /// 1-based step, as in metrics.jsonl.
+        #[arg(long)]
+        step: u64,
+        /// Keep the rebuilt token files here (default: a temp directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -231,6 +297,77 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("MISMATCH: {}", bad.join(", "));
                 Ok(ExitCode::from(1))
             }
+        }
+        Cmd::Release {
+            run_dir,
+            out_dir,
+            code_license,
+            data_license,
+            weights_license,
+            doc_license,
+            allow_dirty,
+            no_source,
+            repo,
+            corpus,
+            date,
+            contact,
+        } => {
+            threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let args = tinylm::release::ReleaseArgs {
+                run_dir,
+                out_dir,
+                code_license,
+                data_license,
+                weights_license,
+                doc_license,
+                allow_dirty,
+                no_source,
+                repo,
+                corpus,
+                date: date.unwrap_or_else(tinylm::release::today),
+                contact,
+            };
+            let s = tinylm::release::release(&args, &|m| eprintln!("{m}"))?;
+            println!(
+                "released {} ({} files): {}",
+                s.out_dir.display(),
+                s.files,
+                tinylm::release::mof::class_label(s.class)
+            );
+            for (name, why) in &s.missing {
+                println!("  not included: {name}: {why}");
+            }
+            if s.dirty {
+                println!("WARNING: the run was trained by a build with uncommitted changes (--allow-dirty)");
+            }
+            println!("check it with: tinylm audit {}", s.out_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit { dir, json, require, skip_data_replay } => {
+            threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let a = tinylm::release::audit::audit(&tinylm::release::audit::AuditArgs {
+                dir,
+                require,
+                skip_data_replay,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&a).map_err(|e| tinylm::Error::msg(e.to_string()))?
+                );
+            } else {
+                print!("{}", a.table());
+            }
+            Ok(if a.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Batches { path, step, data_dir } => {
+            let (_, w) = tinylm::release::batches::batches(&tinylm::release::batches::BatchesArgs {
+                path,
+                step,
+                data_dir,
+            })?;
+            print!("{}", tinylm::release::batches::to_jsonl(step, &w));
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

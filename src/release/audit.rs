@@ -1,0 +1,783 @@
+//! `tinylm audit DIR`: how open is a model directory, in Model Openness Framework terms, and is
+//! it intact? Works on a tinylm release and on any downloaded Hugging Face model folder.
+//!
+//! 1. Integrity: every line of `SHA256SUMS` matches, and no file is unlisted.
+//! 2. Components: from `mof.yml` when there is one (names must be the 17 exact MOF names), else
+//!    inferred from conventional file names with the model card's licence. Each component is
+//!    included, missing, unlicensed (no licence) or invalid (a non-open licence, a file that
+//!    fails its checks, a listed path that is absent).
+//! 3. Checks: weights load and match `config.json`, tokenizer files are present, at least two
+//!    intermediate checkpoints, the card's licence agrees with `mof.yml`; for a tinylm release
+//!    the data is re-prepared from `data/corpus.txt` and must give the recorded token hashes.
+//! 4. Verdict: the best class met, progress per class, and the OSI Open Source AI Definition 1.0
+//!    checks apart. Exit 0 when the class claimed (by mof.yml's components, or --require, or
+//!    Class III for a folder without a record) is met and every hash matches, else 1.
+
+use super::{card, hf, license, mof, walk, MOF_FILE, RELEASE_JSON, SUMS_FILE};
+use crate::error::{Error, IoContext, Result};
+use crate::util::sha256_file;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub struct AuditArgs {
+    pub dir: PathBuf,
+    /// The class that must be met (1, 2 or 3); default: what mof.yml claims.
+    pub require: Option<u8>,
+    /// Skip re-preparing the data of a tinylm release (it trains a tokenizer: seconds to minutes).
+    pub skip_data_replay: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Included,
+    Missing,
+    Unlicensed,
+    Invalid,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Included => "included",
+            Status::Missing => "missing",
+            Status::Unlicensed => "unlicensed",
+            Status::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub class: u8,
+    pub optional: bool,
+    pub status: Status,
+    pub license: String,
+    pub path: String,
+    /// Why it is not included, and warnings (a licence of the wrong kind).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassProgress {
+    pub class: String,
+    pub included: usize,
+    pub required: usize,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub dir: String,
+    /// Hash mismatches, missing and unlisted files: each fails the audit.
+    pub integrity: Vec<String>,
+    pub record: Option<String>,
+    pub components: Vec<ComponentStatus>,
+    pub checks: Vec<Check>,
+    pub class_met: u8,
+    pub label: String,
+    pub class_claimed: u8,
+    pub progress: Vec<ClassProgress>,
+    pub osi: Vec<Check>,
+    pub passed: bool,
+}
+
+fn roman(c: u8) -> &'static str {
+    ["-", "I", "II", "III"].get(c as usize).copied().unwrap_or("-")
+}
+
+/// Parse SHA256SUMS and compare; returns the problems and the set of listed files.
+fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
+    let p = dir.join(SUMS_FILE);
+    if !p.is_file() {
+        return Ok((Vec::new(), None));
+    }
+    let text = fs::read_to_string(&p).at(&p)?;
+    let mut problems = Vec::new();
+    let mut listed = BTreeSet::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parsed = line.split_once("  ").or_else(|| line.split_once(" *"));
+        let Some((hash, rel)) =
+            parsed.filter(|(h, _)| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        else {
+            problems.push(format!("{SUMS_FILE} line {}: not `<sha256>  <path>`", i + 1));
+            continue;
+        };
+        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            problems.push(format!("{SUMS_FILE} line {}: path {rel} leaves the directory", i + 1));
+            continue;
+        }
+        listed.insert(rel.to_string());
+        let f = dir.join(rel);
+        if !f.is_file() {
+            problems.push(format!("missing file: {rel} (listed in {SUMS_FILE})"));
+            continue;
+        }
+        let got = sha256_file(&f)?;
+        if !got.eq_ignore_ascii_case(hash) {
+            problems.push(format!("hash mismatch: {rel} ({SUMS_FILE} says {hash}, the file is {got})"));
+        }
+    }
+    for rel in walk(dir)? {
+        if rel != SUMS_FILE && !listed.contains(&rel) {
+            problems.push(format!("unlisted file: {rel} (not in {SUMS_FILE})"));
+        }
+    }
+    Ok((problems, Some(listed.len())))
+}
+
+/// The tensors of a safetensors file from its header: name -> (dtype, shape). The file size is
+/// checked against the header, so a truncated file is caught without reading the data.
+pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (String, Vec<usize>)>, String> {
+    let mut f = fs::File::open(p).map_err(|e| e.to_string())?;
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| "shorter than a safetensors header".to_string())?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > size {
+        return Err(format!("header length {n} does not fit the {size}-byte file"));
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&h).map_err(|e| format!("header is not JSON: {e}"))?;
+    let obj = v.as_object().ok_or("header is not a JSON object")?;
+    let mut out = BTreeMap::new();
+    let mut end = 0u64;
+    for (name, t) in obj.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or(format!("tensor {name} has no dtype"))?;
+        let shape: Vec<usize> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or(format!("tensor {name} has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()
+            .ok_or(format!("tensor {name}: bad shape"))?;
+        let offs = t
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .ok_or(format!("tensor {name} has no data_offsets"))?;
+        let (a, b) = (offs.first().and_then(|x| x.as_u64()), offs.get(1).and_then(|x| x.as_u64()));
+        let (Some(a), Some(b)) = (a, b) else { return Err(format!("tensor {name}: bad data_offsets")) };
+        let width = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let bytes = shape.iter().try_fold(width as u64, |acc, &d| acc.checked_mul(d as u64));
+        if b < a || bytes != Some(b - a) {
+            return Err(format!("tensor {name}: {} bytes for {dtype} {shape:?}", b.saturating_sub(a)));
+        }
+        end = end.max(b);
+        out.insert(name.clone(), (dtype.to_string(), shape));
+    }
+    if (8 + n).checked_add(end) != Some(size) {
+        return Err(format!("the file is {size} bytes, the header describes {}", 8 + n + end));
+    }
+    Ok(out)
+}
+
+/// Check one model directory: config.json, weights against it, tokenizer. Err: what is wrong.
+fn check_model_dir(d: &Path) -> std::result::Result<String, String> {
+    let cfg_p = d.join("config.json");
+    let text = fs::read_to_string(&cfg_p).map_err(|e| format!("config.json: {e}"))?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("config.json is not JSON: {e}"))?;
+    let mut weights = BTreeMap::new();
+    let mut files = 0;
+    let mut names: Vec<PathBuf> = fs::read_dir(d)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    names.sort();
+    // optimizer.safetensors beside the weights in a checkpoint is not part of the model.
+    names.retain(|p| p.file_name().is_some_and(|n| n != "optimizer.safetensors"));
+    for p in &names {
+        let h = safetensors_header(p)
+            .map_err(|e| format!("{}: {e}", p.file_name().unwrap_or_default().to_string_lossy()))?;
+        weights.extend(h);
+        files += 1;
+    }
+    if files == 0 {
+        let pickle = fs::read_dir(d)
+            .map(|r| r.flatten().any(|e| e.path().extension().is_some_and(|x| x == "bin")))
+            .unwrap_or(false);
+        return Err(if pickle {
+            "weights only as pickle (*.bin), which the audit does not load: convert them to safetensors"
+                .into()
+        } else {
+            "no *.safetensors weights".into()
+        });
+    }
+    let tok = ["tokenizer.json", "tokenizer.model"].iter().any(|t| d.join(t).is_file());
+    if !tok {
+        return Err("no tokenizer (tokenizer.json or tokenizer.model)".into());
+    }
+    if d.join("tokenizer.json").is_file() {
+        tokenizers::Tokenizer::from_file(d.join("tokenizer.json"))
+            .map_err(|e| format!("tokenizer.json does not load: {e}"))?;
+    }
+    let mt = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    if mt != "llama" {
+        return Ok(format!(
+            "{} tensors in {files} file(s); model_type {mt:?}: shapes not checked (only llama is)",
+            weights.len()
+        ));
+    }
+    let want = hf::llama_shapes(&cfg)?;
+    let mut problems = Vec::new();
+    for (name, shape) in &want {
+        match weights.get(name) {
+            None => problems.push(format!("missing tensor {name}")),
+            Some((_, got)) if got != shape => {
+                problems.push(format!("{name} is {got:?}, config.json implies {shape:?}"))
+            }
+            _ => {}
+        }
+    }
+    for name in weights.keys().filter(|n| !want.contains_key(*n)) {
+        problems.push(format!("unexpected tensor {name}"));
+    }
+    if problems.is_empty() {
+        Ok(format!("{} tensors match config.json; tokenizer present", weights.len()))
+    } else {
+        Err(problems.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// The checkpoint directories under `checkpoints/` (or `DIR` itself for a run-like folder).
+fn checkpoint_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir.join("checkpoints"))
+        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Components of a folder without mof.yml, from conventional names, under the card's licence.
+fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
+    let first = |cands: &[&str]| cands.iter().find(|c| dir.join(c).exists()).map(|c| c.to_string());
+    let mut out = Vec::new();
+    let mut add = |name: &str, path: Option<String>| {
+        if let Some(p) = path {
+            out.push((name.to_string(), card_lic.to_string(), p));
+        }
+    };
+    let weights = if dir.join("model").join("config.json").is_file() {
+        Some("model".to_string())
+    } else {
+        fs::read_dir(dir)
+            .ok()
+            .and_then(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "bin"))
+            })
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+    };
+    add("Model parameters (Final)", weights);
+    add("Model card", first(&["README.md"]));
+    add("Data card", first(&["DATA_CARD.md", "data_card.md", "DATASHEET.md"]));
+    add("Technical report", first(&["REPORT.md", "technical_report.md", "technical_report.pdf"]));
+    add("Research paper", first(&["PAPER.md", "paper.pdf"]));
+    add(
+        "Evaluation results",
+        first(&["eval_results.json", "evaluation"]).or_else(|| {
+            let readme = fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+            card::front_matter(&readme)
+                .filter(|fm| fm.contains("model-index"))
+                .map(|_| "README.md".to_string())
+        }),
+    );
+    add("Training code", first(&["source", "train.py", "training"]));
+    add("Inference code", first(&["source", "inference.py", "modeling.py"]));
+    add("Model architecture", first(&["source", "modeling.py"]));
+    add(
+        "Model parameters (Intermediate)",
+        (checkpoint_dirs(dir).len() >= 2).then(|| "checkpoints".to_string()),
+    );
+    add("Datasets", first(&["data/corpus.txt", "data"]));
+    out
+}
+
+pub fn audit(a: &AuditArgs) -> Result<Audit> {
+    let dir = &a.dir;
+    if !dir.is_dir() {
+        return Err(Error::hint(
+            format!("{} is not a directory", dir.display()),
+            "pass a model directory, e.g. a tinylm release",
+        ));
+    }
+    let mut checks: Vec<Check> = Vec::new();
+    let mut check =
+        |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
+
+    // 1. Integrity.
+    let (integrity, listed) = check_sums(dir)?;
+    match listed {
+        Some(n) => check(
+            "SHA256SUMS",
+            integrity.is_empty(),
+            if integrity.is_empty() {
+                format!("{n} files match, none unlisted")
+            } else {
+                format!("{} problem(s)", integrity.len())
+            },
+        ),
+        None => check(
+            "SHA256SUMS",
+            false,
+            "no SHA256SUMS: the files cannot be checked against a published list".into(),
+        ),
+    }
+    let bad_files: BTreeSet<String> = integrity
+        .iter()
+        .filter_map(|p| p.split_once(": ").map(|(_, r)| r.split(" (").next().unwrap_or("").to_string()))
+        .collect();
+
+    // 2. Components.
+    let readme = fs::read_to_string(dir.join("README.md")).ok();
+    let card_lic = readme.as_deref().and_then(card::card_license);
+    let mut record_err = None;
+    let record = match fs::read_to_string(dir.join(MOF_FILE)) {
+        Ok(t) => match mof::Record::parse(&t) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                record_err = Some(format!("{MOF_FILE} is not a valid MOT record: {e}"));
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    if let Some(e) = &record_err {
+        check("mof.yml", false, e.clone());
+    } else if let Some(r) = &record {
+        check(
+            "mof.yml",
+            true,
+            format!(
+                "valid MOT record, {} components, framework {} {}",
+                r.release.components.len(),
+                r.framework.name,
+                r.framework.version
+            ),
+        );
+    }
+    // (name, licence, path, licence path)
+    let listed_comps: Vec<(String, String, String, Option<String>)> = match &record {
+        Some(r) => r
+            .release
+            .components
+            .iter()
+            .map(|c| {
+                (c.name.clone(), c.license.clone(), c.component_path.clone(), Some(c.license_path.clone()))
+            })
+            .collect(),
+        None => infer(dir, card_lic.as_deref().unwrap_or(license::UNLICENSED))
+            .into_iter()
+            .map(|(n, l, p)| (n, l, p, None))
+            .collect(),
+    };
+    let mut components: Vec<ComponentStatus> = mof::COMPONENTS
+        .iter()
+        .map(|mc| {
+            let Some((_, lic, path, lic_path)) = listed_comps.iter().find(|(n, ..)| n == mc.name) else {
+                return ComponentStatus {
+                    name: mc.name.into(),
+                    class: mc.class,
+                    optional: mc.optional,
+                    status: Status::Missing,
+                    license: String::new(),
+                    path: String::new(),
+                    notes: vec![if record.is_some() {
+                        "not in mof.yml".into()
+                    } else {
+                        "no such file in the folder".into()
+                    }],
+                };
+            };
+            let mut notes = Vec::new();
+            let p = dir.join(path);
+            let mut status = if path.is_empty() || !p.exists() {
+                notes.push(format!("{path} does not exist"));
+                Status::Invalid
+            } else {
+                let verdict = match license::judge(lic, mc.kind) {
+                    license::Verdict::WrongKind(_) if mof::accepts_code_licence(mc.name) => {
+                        license::judge(lic, license::Kind::Code)
+                    }
+                    v => v,
+                };
+                match verdict {
+                    license::Verdict::Open => Status::Included,
+                    license::Verdict::WrongKind(w) => {
+                        notes.push(format!("warning: {w}"));
+                        Status::Included
+                    }
+                    license::Verdict::NotOpen(w) => {
+                        notes.push(w);
+                        Status::Invalid
+                    }
+                    license::Verdict::Unlicensed => {
+                        notes.push("no licence: the component does not count until one is given".into());
+                        Status::Unlicensed
+                    }
+                }
+            };
+            if let Some(lp) = lic_path {
+                if status == Status::Included && (lp.is_empty() || !dir.join(lp).is_file()) {
+                    notes.push(format!("licence text {lp:?} is not in the folder"));
+                    status = Status::Unlicensed;
+                }
+            }
+            // A component whose files failed the hash check is not what was published.
+            let prefix = format!("{}/", path.trim_end_matches('/'));
+            let broken: Vec<&String> =
+                bad_files.iter().filter(|f| *f == path || f.starts_with(&prefix)).collect();
+            if !broken.is_empty() {
+                notes.push(format!(
+                    "fails the hash check: {}",
+                    broken.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+                status = Status::Invalid;
+            }
+            ComponentStatus {
+                name: mc.name.into(),
+                class: mc.class,
+                optional: mc.optional,
+                status,
+                license: lic.clone(),
+                path: path.clone(),
+                notes,
+            }
+        })
+        .collect();
+    let mut invalidate = |name: &str, why: String| {
+        if let Some(c) = components.iter_mut().find(|c| c.name == name) {
+            if c.status != Status::Missing {
+                c.status = Status::Invalid;
+            }
+            c.notes.push(why);
+        }
+    };
+
+    // 3. Checks.
+    let final_dir = if dir.join("model").is_dir() { dir.join("model") } else { dir.to_path_buf() };
+    let final_ok = match check_model_dir(&final_dir) {
+        Ok(d) => {
+            check(
+                "weights",
+                true,
+                format!(
+                    "{}: {d}",
+                    final_dir.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+            );
+            true
+        }
+        Err(e) => {
+            let rel = final_dir.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default();
+            let rel = if rel.is_empty() { ".".to_string() } else { rel };
+            check("weights", false, format!("{rel}: {e}"));
+            invalidate("Model parameters (Final)", format!("{rel}: {e}"));
+            false
+        }
+    };
+    let _ = final_ok;
+    let ckpts = checkpoint_dirs(dir);
+    let mut ck_bad = Vec::new();
+    for c in &ckpts {
+        if let Err(e) = check_model_dir(c) {
+            ck_bad.push(format!("{}: {e}", c.strip_prefix(dir).unwrap_or(c).display()));
+        }
+    }
+    // The final checkpoint is not intermediate: count the others.
+    let final_hash = sha256_file(&final_dir.join("model.safetensors")).ok();
+    let intermediate = ckpts
+        .iter()
+        .filter(|c| final_hash.is_none() || sha256_file(&c.join("model.safetensors")).ok() != final_hash)
+        .count();
+    if !ck_bad.is_empty() {
+        check("checkpoints", false, ck_bad.join("; "));
+        invalidate("Model parameters (Intermediate)", ck_bad.join("; "));
+    } else {
+        let ok = intermediate >= 2;
+        check(
+            "checkpoints",
+            ok,
+            format!(
+                "{intermediate} intermediate checkpoint(s) besides the final weights (at least 2 wanted)"
+            ),
+        );
+        if !ok {
+            invalidate(
+                "Model parameters (Intermediate)",
+                format!("only {intermediate} intermediate checkpoint(s); at least 2 wanted"),
+            );
+        }
+    }
+    if let (Some(r), Some(cl)) = (&record, &card_lic) {
+        let rec_lic = r
+            .release
+            .components
+            .iter()
+            .find(|c| c.name == "Model parameters (Final)")
+            .map(|c| c.license.clone())
+            .unwrap_or_else(|| r.release.license.distribution.name.clone());
+        let ok = card::same_license(cl, &rec_lic);
+        check("card licence", ok, format!("README.md says {cl}, mof.yml says {rec_lic} for the weights"));
+        if !ok {
+            invalidate("Model card", format!("its licence {cl} disagrees with mof.yml ({rec_lic})"));
+        }
+    } else if readme.is_some() && card_lic.is_none() {
+        check("card licence", false, "README.md has no `license:` in its front matter".into());
+    }
+
+    // tinylm release: replay the data and read the build record.
+    let mut dirty = false;
+    if dir.join(RELEASE_JSON).is_file() {
+        let rj: Option<super::ReleaseRecord> =
+            fs::read(dir.join(RELEASE_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        match &rj {
+            Some(r) => {
+                dirty = r.git_dirty;
+                if r.git_dirty {
+                    check("build", false, format!("trained by a build of {} with uncommitted changes (--allow-dirty): source/ is not exactly the code that ran", r.git_commit));
+                }
+            }
+            None => check("release.json", false, "release.json is not a tinylm release record".into()),
+        }
+        if dir.join("data/corpus.txt").is_file() && !a.skip_data_replay {
+            match replay_data(dir) {
+                Ok(msg) => check("data replay", true, msg),
+                Err(e) => {
+                    check("data replay", false, e.clone());
+                    invalidate("Datasets", format!("data replay: {e}"));
+                    invalidate("Data preprocessing code", format!("data replay: {e}"));
+                }
+            }
+        }
+    }
+
+    // 4. Verdict.
+    let counts = |n: &str| components.iter().any(|c| c.name == n && c.status == Status::Included);
+    let met = mof::class_met(&counts);
+    let claimed = match (a.require, &record) {
+        (Some(c), _) => c,
+        (None, Some(r)) => mof::class_met(&|n| r.release.components.iter().any(|c| c.name == n)),
+        (None, None) => 3,
+    };
+    let progress = [3u8, 2, 1]
+        .iter()
+        .map(|&c| {
+            let req: Vec<&mof::Component> = mof::required_in(c).collect();
+            let inc = req.iter().filter(|rc| counts(rc.name)).count();
+            ClassProgress {
+                class: format!("Class {}", roman(c)),
+                included: inc,
+                required: req.len(),
+                percent: (1000.0 * inc as f64 / req.len() as f64).round() / 10.0,
+            }
+        })
+        .collect();
+    let has = |n: &str| counts(n);
+    let osi = vec![
+        Check {
+            name: "data information".into(),
+            ok: has("Data card") && (has("Datasets") || dir.join("data/RECIPE.md").is_file()),
+            detail: "a data card, and the data or a recipe precise enough to rebuild it".into(),
+        },
+        Check {
+            name: "code".into(),
+            ok: ["Training code", "Data preprocessing code", "Inference code", "Evaluation code"].iter().all(|n| has(n)) && !dirty,
+            detail: "the complete code that prepared the data, trained, evaluated and runs the model, at the commit that ran".into(),
+        },
+        Check {
+            name: "parameters".into(),
+            ok: has("Model parameters (Final)"),
+            detail: "the final weights under an open licence".into(),
+        },
+    ];
+    let class_ok = claimed == 0 || (met != 0 && met <= claimed);
+    let passed = integrity.is_empty() && record_err.is_none() && class_ok;
+    Ok(Audit {
+        dir: dir.display().to_string(),
+        integrity,
+        record: record.map(|_| MOF_FILE.to_string()),
+        components,
+        checks,
+        class_met: met,
+        label: mof::class_label(met).to_string(),
+        class_claimed: claimed,
+        progress,
+        osi,
+        passed,
+    })
+}
+
+/// Re-prepare a release's data from `data/corpus.txt` in a temp directory and compare the
+/// tokenizer and token hashes with the run's manifest.
+fn replay_data(dir: &Path) -> std::result::Result<String, String> {
+    let m = crate::manifest::Manifest::load(&dir.join("run")).map_err(|e| e.to_string())?;
+    let corpus = dir.join("data/corpus.txt");
+    let corpus = corpus.canonicalize().unwrap_or(corpus);
+    let tmp = std::env::temp_dir().join(format!("tinylm-audit-{}", std::process::id()));
+    let sets = vec![
+        "data.source=\"file\"".to_string(),
+        format!("data.path={:?}", corpus.display().to_string()),
+        format!("data.sha256=\"{}\"", m.data.corpus_sha256),
+        format!("data.dir={:?}", tmp.display().to_string()),
+    ];
+    let cfg = crate::config::Config::load(&dir.join("run/config.toml"), &sets).map_err(|e| e.to_string())?;
+    let result = crate::data::prepare(&cfg, &tmp, &|_| {}).map_err(|e| e.to_string());
+    let _ = fs::remove_dir_all(&tmp);
+    let p = result?;
+    let mut bad = Vec::new();
+    for (what, got, want) in [
+        ("tokenizer.json", &p.meta.tokenizer_sha256, &m.data.tokenizer_sha256),
+        ("train tokens", &p.meta.train.sha256, &m.data.train_tokens_sha256),
+        ("val tokens", &p.meta.val.sha256, &m.data.val_tokens_sha256),
+    ] {
+        if got != want {
+            bad.push(format!("{what} {got} (recorded {want})"));
+        }
+    }
+    if let Ok(h) = sha256_file(&dir.join("model/tokenizer.json")) {
+        if h != m.data.tokenizer_sha256 {
+            bad.push(format!("model/tokenizer.json {h} (recorded {})", m.data.tokenizer_sha256));
+        }
+    }
+    if bad.is_empty() {
+        Ok(format!(
+            "data/corpus.txt re-prepared: tokenizer, {} train and {} val tokens match the manifest",
+            p.meta.train.tokens, p.meta.val.tokens
+        ))
+    } else {
+        Err(format!("re-prepared data differs: {}", bad.join(", ")))
+    }
+}
+
+impl Audit {
+    pub fn table(&self) -> String {
+        let mut s = format!("audit of {}\n\n", self.dir);
+        let w = 32;
+        s += &format!(
+            "{:<w$} {:<5} {:<10} {:<20} {}\n",
+            "component", "class", "status", "licence", "path / notes"
+        );
+        for c in &self.components {
+            let class = format!("{}{}", roman(c.class), if c.optional { "*" } else { "" });
+            let mut tail = c.path.clone();
+            for n in &c.notes {
+                tail += &format!("{}{n}", if tail.is_empty() { "" } else { "; " });
+            }
+            s += &format!("{:<w$} {:<5} {:<10} {:<20} {}\n", c.name, class, c.status.word(), c.license, tail);
+        }
+        s += "(* optional in its class)\n\nchecks:\n";
+        for c in &self.checks {
+            s += &format!("  {:<4} {:<13} {}\n", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        }
+        for p in &self.integrity {
+            s += &format!("  FAIL {p}\n");
+        }
+        s += "\nModel Openness Framework 1.0:\n";
+        for p in &self.progress {
+            s += &format!(
+                "  {:<10} {:>5.1}% ({}/{} required components)\n",
+                p.class, p.percent, p.included, p.required
+            );
+        }
+        s += &format!("  class met: {}\n", self.label);
+        // What each class still lacks, from the next class up to Class I.
+        let first = if self.class_met == 0 { 3 } else { self.class_met - 1 };
+        for class in (1..=first).rev() {
+            let missing: Vec<String> = self
+                .components
+                .iter()
+                .filter(|c| c.class == class && !c.optional && c.status != Status::Included)
+                .map(|c| format!("{} ({})", c.name, c.status.word()))
+                .collect();
+            if !missing.is_empty() {
+                s += &format!("  missing for Class {}: {}\n", roman(class), missing.join(", "));
+            }
+        }
+        s += &format!(
+            "  claimed: {}\n",
+            if self.class_claimed == 0 {
+                "nothing".to_string()
+            } else {
+                mof::class_label(self.class_claimed).to_string()
+            }
+        );
+        s += "\nOSI Open Source AI Definition 1.0 (checked apart from the MOF class):\n";
+        for c in &self.osi {
+            s += &format!("  {:<4} {:<17} {}\n", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        }
+        s += &format!(
+            "\nverdict: {}\n",
+            if self.passed {
+                format!("PASS: {} met", self.label)
+            } else if !self.integrity.is_empty() {
+                format!(
+                    "FAIL: {} file problem(s): {}",
+                    self.integrity.len(),
+                    self.integrity.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                )
+            } else if self.record.is_none() && self.checks.iter().any(|c| c.name == "mof.yml" && !c.ok) {
+                "FAIL: mof.yml is not a valid MOT record".to_string()
+            } else {
+                format!(
+                    "FAIL: {} claimed, {} met",
+                    mof::class_label(self.class_claimed),
+                    if self.class_met == 0 {
+                        "no class".to_string()
+                    } else {
+                        mof::class_label(self.class_met).to_string()
+                    }
+                )
+            }
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_header_reads_shapes_and_catches_truncation() {
+        let dir = std::env::temp_dir().join(format!("tinylm-audit-st-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let t: BTreeMap<String, candle_core::Tensor> = [(
+            "w".to_string(),
+            candle_core::Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &candle_core::Device::Cpu)
+                .unwrap(),
+        )]
+        .into();
+        let bytes = crate::checkpoint::to_safetensors(&t).unwrap();
+        let p = dir.join("m.safetensors");
+        fs::write(&p, &bytes).unwrap();
+        let h = safetensors_header(&p).unwrap();
+        assert_eq!(h["w"], ("F32".to_string(), vec![2, 3]));
+        fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(safetensors_header(&p).unwrap_err().contains("describes"));
+        fs::write(&p, b"\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
+        assert!(safetensors_header(&p).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

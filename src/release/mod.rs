@@ -1,0 +1,849 @@
+//! `tinylm release RUN_DIR OUT_DIR`: turn a finished run into a self-contained, openly licensed
+//! release that anyone can load (Hugging Face layout), audit (`tinylm audit`) and rebuild.
+//!
+//! ```text
+//! OUT/
+//!   README.md DATA_CARD.md REPORT.md      model card, data card, technical report
+//!   model/                                final weights, HF config + tokenizer files
+//!   checkpoints/step-NNNNNNNN/            every kept checkpoint with optimizer state, HF-loadable
+//!   data/                                 corpus (when its licence allows), recipe, hashes
+//!   source/                               `git archive` of the commit that trained the run
+//!   run/                                  config.toml manifest.json metrics.jsonl plots/ samples/
+//!   LICENSES/                             full licence texts
+//!   mof.yml release.json SHA256SUMS       MOT record, component -> files, every file's hash
+//! ```
+//! The run directory is read only through the public API (manifest, checkpoint, config) and
+//! plain files. Output is deterministic: sorted, and no timestamp but `--date`.
+
+pub mod audit;
+pub mod batches;
+pub mod card;
+pub mod hf;
+pub mod license;
+pub mod mof;
+pub mod plot;
+
+use crate::checkpoint::{self, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::Manifest;
+use crate::util::{sha256_file, sha256_hex};
+use license::Kind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const SUMS_FILE: &str = "SHA256SUMS";
+pub const RELEASE_JSON: &str = "release.json";
+pub const MOF_FILE: &str = "mof.yml";
+pub const FORMAT_VERSION: u32 = 1;
+/// Licence of tinylm's own code, from Cargo.toml.
+pub const CODE_LICENSE: &str = env!("CARGO_PKG_LICENSE");
+
+pub struct ReleaseArgs {
+    pub run_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub code_license: String,
+    /// None: CC0-1.0 for the built-in corpus (ours to license), "unlicensed" for a file or URL.
+    pub data_license: Option<String>,
+    pub weights_license: String,
+    pub doc_license: String,
+    pub allow_dirty: bool,
+    pub no_source: bool,
+    /// The git repository to archive the recorded commit from (default: the current directory's
+    /// repository, else the one this binary was built in).
+    pub repo: Option<PathBuf>,
+    /// The corpus file of a file/URL source (default: data.path as the config records it).
+    pub corpus: Option<PathBuf>,
+    /// YYYY-MM-DD for mof.yml and release.json: the only date in the release.
+    pub date: String,
+    pub contact: String,
+}
+
+/// `release.json`: what each MOF component is made of, file by file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub format_version: u32,
+    pub tool: String,
+    pub run_name: String,
+    pub date: String,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    /// Set when the run was trained by a binary with uncommitted changes and released anyway.
+    pub allow_dirty: bool,
+    pub final_step: u64,
+    pub checkpoints: Vec<u64>,
+    pub data_source: String,
+    pub data_included: bool,
+    pub licenses: BTreeMap<String, String>,
+    pub components: BTreeMap<String, ComponentFiles>,
+    /// Components that are not in the release, with the reason.
+    pub missing: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentFiles {
+    pub license: String,
+    pub license_path: String,
+    pub component_path: String,
+    pub description: String,
+    /// Every file of the component: relative path -> sha256.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Everything the cards and records say about a run, gathered once.
+pub struct Facts {
+    pub cfg: Config,
+    pub manifest: Manifest,
+    pub steps: Vec<u64>,
+    pub final_step: u64,
+    pub num_params: usize,
+    pub vocab: usize,
+    pub eot: u32,
+    pub metrics: Vec<plot::Point>,
+    pub verify_table: String,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    pub commits: Vec<String>,
+    pub allow_dirty: bool,
+    pub source_included: bool,
+    pub data_included: bool,
+    /// Why the corpus is not in the release, when it is not.
+    pub data_excluded_why: Option<String>,
+    pub licenses: Licenses,
+    pub date: String,
+    pub contact: String,
+    pub samples: Vec<(u64, String)>,
+    pub sample_cmd: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Licenses {
+    pub code: String,
+    pub data: String,
+    pub weights: String,
+    pub document: String,
+}
+
+impl Licenses {
+    pub fn for_kind(&self, k: Kind) -> &str {
+        match k {
+            Kind::Code => &self.code,
+            Kind::Data => &self.data,
+            Kind::Document => &self.document,
+        }
+    }
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days, H. Hinnant).
+pub fn today() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn valid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Every regular file under `root`, as sorted relative paths with `/` separators.
+pub fn walk(root: &Path) -> Result<Vec<String>> {
+    fn go(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        for e in fs::read_dir(dir).at(dir)? {
+            let e = e.at(dir)?;
+            let p = e.path();
+            let ft = e.file_type().at(&p)?;
+            if ft.is_dir() {
+                go(root, &p, out)?;
+            } else {
+                let rel = p.strip_prefix(root).unwrap_or(&p);
+                out.push(
+                    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
+                );
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    go(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// `sha256sum`-format lines for every file but SHA256SUMS itself.
+pub fn sums(root: &Path) -> Result<String> {
+    let mut s = String::new();
+    for rel in walk(root)? {
+        if rel != SUMS_FILE {
+            s += &format!("{}  {rel}\n", sha256_file(&root.join(&rel))?);
+        }
+    }
+    Ok(s)
+}
+
+struct Out {
+    root: PathBuf,
+}
+
+impl Out {
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.root.join(rel);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).at(d)?;
+        }
+        fs::write(&p, bytes).at(&p)
+    }
+    fn copy(&self, from: &Path, rel: &str) -> Result<()> {
+        let p = self.root.join(rel);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).at(d)?;
+        }
+        fs::copy(from, &p).at(from)?;
+        Ok(())
+    }
+}
+
+fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<String> {
+    let known_texts: Vec<&str> = license::KNOWN.iter().filter(|l| l.text.is_some()).map(|l| l.id).collect();
+    let c = license::canonical(expr).map_err(|bad| {
+        Error::hint(
+            format!("{flag} {expr:?}: {bad:?} is not an SPDX licence id tinylm knows"),
+            format!("pass one of: {}", known_texts.join(", ")),
+        )
+    })?;
+    if c == license::UNLICENSED {
+        if allow_unlicensed {
+            return Ok(c);
+        }
+        return Err(Error::hint(
+            format!("{flag} must name a licence"),
+            format!("pass one of: {}", known_texts.join(", ")),
+        ));
+    }
+    for part in c.split(" OR ").flat_map(|p| p.split(" AND ")) {
+        if license::find(part).and_then(|l| l.text).is_none() {
+            return Err(Error::hint(
+                format!("{flag} {part}: tinylm ships no text of {part}, and a release must carry the full text of each licence"),
+                format!("pass one of: {}", known_texts.join(", ")),
+            ));
+        }
+    }
+    Ok(c)
+}
+
+fn git(repo: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The repository that holds `commit`: --repo, else the current directory's, else the one
+/// this binary was built from.
+fn find_repo(commit: &str, hint: Option<&Path>) -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    let candidates: Vec<PathBuf> = match hint {
+        Some(p) => vec![p.to_path_buf()],
+        None => vec![PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+    };
+    for c in candidates {
+        if git(&c, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_some() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(Error::hint(
+        format!("commit {commit} (recorded in the run's manifest) is not in the git repository at {}", tried.join(" or ")),
+        "pass --repo DIR with a clone of tinylm that has this commit, or --no-source to release without the code (Class I and II need it)",
+    ))
+}
+
+/// `git archive COMMIT | tar -x -C dest`.
+fn archive(repo: &Path, commit: &str, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest).at(dest)?;
+    let fail = |e: String| {
+        Error::hint(
+            format!("git archive {commit} from {} failed: {e}", repo.display()),
+            "check that git and tar are installed",
+        )
+    };
+    let mut g = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["archive", "--format=tar", commit])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let stdout = g.stdout.take().ok_or_else(|| fail("no output".into()))?;
+    let t = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dest)
+        .stdin(stdout)
+        .status()
+        .map_err(|e| fail(e.to_string()))?;
+    let gs = g.wait().map_err(|e| fail(e.to_string()))?;
+    if !gs.success() || !t.success() {
+        return Err(fail(format!("git exited {gs}, tar exited {t}")));
+    }
+    Ok(())
+}
+
+/// The corpus bytes of the run, checked against the manifest: regenerated for the built-in
+/// source, read from --corpus or data.path for a file/URL source.
+fn corpus_bytes(cfg: &Config, m: &Manifest, a: &ReleaseArgs) -> Result<Vec<u8>> {
+    let bytes = if cfg.data.source == "builtin" {
+        crate::corpus::generate(cfg.data.builtin_seed, cfg.data.builtin_bytes).into_bytes()
+    } else {
+        let p = a
+            .corpus
+            .clone()
+            .or_else(|| cfg.data.path.as_ref().map(PathBuf::from))
+            .or_else(|| {
+                cfg.data.url.as_ref().map(|u| {
+                    Path::new(&cfg.data.dir)
+                        .join(u.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download.txt"))
+                })
+            })
+            .ok_or_else(|| Error::hint("the run's config names no corpus file", "pass --corpus FILE"))?;
+        fs::read(&p).map_err(|e| {
+            Error::hint(
+                format!("corpus {}: {e}", p.display()),
+                "pass --corpus FILE (the file the run trained on; data.path is relative to where it was trained)",
+            )
+        })?
+    };
+    let got = sha256_hex(&bytes);
+    if got != m.data.corpus_sha256 {
+        return Err(Error::hint(
+            format!("corpus sha256 {got} is not the run's recorded {}", m.data.corpus_sha256),
+            "pass --corpus with the exact file the run trained on",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The first of `candidates` present under `root`, else `fallback`.
+fn first_present(root: &Path, candidates: &[&str], fallback: &str) -> String {
+    candidates
+        .iter()
+        .find(|c| root.join(c).exists())
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| fallback.to_string())
+}
+
+pub struct Summary {
+    pub out_dir: PathBuf,
+    pub class: u8,
+    pub files: usize,
+    pub missing: BTreeMap<String, String>,
+    pub dirty: bool,
+}
+
+pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
+    if a.out_dir.exists() {
+        let empty = fs::read_dir(&a.out_dir).map(|mut r| r.next().is_none()).unwrap_or(false);
+        if !empty {
+            return Err(Error::hint(
+                format!("{} already exists and is not empty", a.out_dir.display()),
+                "pass a new OUT_DIR, or remove the old release first",
+            ));
+        }
+    }
+    if !valid_date(&a.date) {
+        return Err(Error::hint(format!("--date {:?} is not YYYY-MM-DD", a.date), "e.g. --date 2026-01-31"));
+    }
+    let run = &a.run_dir;
+    let m = Manifest::load(run)?;
+    let cfg = Config::load(&run.join(CONFIG_FILE), &[])?;
+    let steps: Vec<(u64, PathBuf)> = checkpoint::list(run)?;
+    let Some((final_step, final_dir)) = steps.last().cloned() else {
+        return Err(Error::hint(
+            format!("{} has no checkpoints", run.display()),
+            "train the run to completion first",
+        ));
+    };
+    // A damaged run must not be published: every recorded file is checked first.
+    let rows = crate::verify::check_files(run, &m);
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| r.recorded != r.recomputed)
+        .map(|r| format!("{} ({})", r.artifact, r.recomputed))
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::hint(
+            format!("{} does not match its manifest: {}", run.display(), bad.join(", ")),
+            "restore the files (or retrain); `tinylm verify --files-only` shows the table",
+        ));
+    }
+    let verify_table = crate::verify::Report { rows, divergence: None }.table();
+
+    let lic = Licenses {
+        code: check_license("--code-license", &a.code_license, false)?,
+        weights: check_license("--weights-license", &a.weights_license, false)?,
+        document: check_license("--doc-license", &a.doc_license, false)?,
+        data: match &a.data_license {
+            Some(d) => check_license("--data-license", d, true)?,
+            None if cfg.data.source == "builtin" => "CC0-1.0".to_string(),
+            None => license::UNLICENSED.to_string(),
+        },
+    };
+    // What built the run.
+    let commits: Vec<String> = {
+        let mut c: Vec<String> = m.sessions.iter().map(|s| s.build.git_commit.clone()).collect();
+        c.dedup();
+        c
+    };
+    let git_commit = commits.last().cloned().unwrap_or_else(|| "unknown".into());
+    let git_dirty = m.sessions.iter().any(|s| s.build.git_dirty);
+    if git_dirty && !a.allow_dirty {
+        return Err(Error::hint(
+            format!(
+                "{} was trained by a binary built from a modified tree (manifest: git_dirty), so no commit holds the code that ran",
+                run.display()
+            ),
+            "commit, rebuild and retrain; or pass --allow-dirty to publish anyway, marked as such in the card and release.json",
+        ));
+    }
+
+    let (data_included, data_excluded_why) = match license::judge(&lic.data, Kind::Data) {
+        license::Verdict::Open | license::Verdict::WrongKind(_) => (true, None),
+        license::Verdict::Unlicensed => (
+            false,
+            Some(format!(
+                "the {} corpus came with no licence (pass --data-license SPDX if its licence allows redistribution)",
+                cfg.data.source
+            )),
+        ),
+        license::Verdict::NotOpen(why) => (false, Some(why)),
+    };
+
+    let parent = a.out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).at(parent)?;
+    let name =
+        a.out_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+    let tmp = parent.join(format!(".tmp-release-{}-{name}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    fs::create_dir_all(&tmp).at(&tmp)?;
+    let o = Out { root: tmp.clone() };
+    let built = (|| -> Result<Summary> {
+        // Models: the final one, and every kept checkpoint, each loadable on its own.
+        log(&format!("checking and exporting {} checkpoints", steps.len()));
+        let (_, final_model, tok) = crate::sample::load_model(&final_dir)?;
+        let hfm_vocab = tok.vocab_size();
+        let eot = tok.eot();
+        let hfm = hf::HfModel { cfg: &cfg, vocab: hfm_vocab, eot };
+        let side = hf::side_files(&hfm)?;
+        for f in [MODEL_FILE, TOKENIZER_FILE] {
+            o.copy(&final_dir.join(f), &format!("model/{f}"))?;
+        }
+        for (n, b) in &side {
+            o.put(&format!("model/{n}"), b)?;
+        }
+        let mut samples = Vec::new();
+        let seed = cfg.run.seed;
+        let e = &cfg.eval;
+        let sample_cmd = format!(
+            "tinylm sample --checkpoint checkpoints/step-NNNNNNNN --prompt {:?} --tokens {} --temperature {} --top-k {} --seed {seed}",
+            e.prompt, e.sample_tokens, e.temperature, e.top_k
+        );
+        for (step, dir) in &steps {
+            let rel = format!("checkpoints/{}", checkpoint::dir_name(*step));
+            let state = checkpoint::read_state(dir)?;
+            for f in state.files.keys().map(String::as_str).chain([checkpoint::STATE_FILE]) {
+                o.copy(&dir.join(f), &format!("{rel}/{f}"))?;
+            }
+            for (n, b) in &side {
+                o.put(&format!("{rel}/{n}"), b)?;
+            }
+            // The same text `tinylm sample` prints for this checkpoint with these options.
+            let text = crate::sample::run(&crate::sample::SampleArgs {
+                checkpoint: dir.clone(),
+                prompt: e.prompt.clone(),
+                tokens: e.sample_tokens as usize,
+                temperature: e.temperature,
+                top_k: e.top_k as usize,
+                seed,
+            })?;
+            let cmd = sample_cmd.replace("step-NNNNNNNN", &checkpoint::dir_name(*step));
+            o.put(
+                &format!("run/samples/{}.txt", checkpoint::dir_name(*step)),
+                format!("$ {cmd}\n{text}\n").as_bytes(),
+            )?;
+            samples.push((*step, text));
+        }
+
+        // The run record, metrics and plot.
+        log("writing run record, plot and data");
+        for f in [CONFIG_FILE, crate::manifest::FILE, crate::train::METRICS_FILE] {
+            o.copy(&run.join(f), &format!("run/{f}"))?;
+        }
+        let metrics_path = run.join(crate::train::METRICS_FILE);
+        let metrics_text = fs::read_to_string(&metrics_path).at(&metrics_path)?;
+        let metrics = plot::parse_metrics(&metrics_text, &metrics_path.display().to_string())?;
+        o.put(
+            "run/plots/loss.svg",
+            plot::loss_svg(&metrics, &format!("tinylm run {}", m.run_name))?.as_bytes(),
+        )?;
+
+        // Data: the corpus when its licence allows, always the recipe and the hashes.
+        if data_included {
+            o.put("data/corpus.txt", &corpus_bytes(&cfg, &m, a)?)?;
+        }
+        let data_json = serde_json::json!({
+            "source": cfg.data.source, "url": cfg.data.url, "path": cfg.data.path,
+            "license": lic.data, "included": data_included,
+            "corpus_sha256": m.data.corpus_sha256, "corpus_bytes": m.data.corpus_bytes,
+            "val_fraction": cfg.data.val_fraction, "builtin_seed": cfg.data.builtin_seed,
+            "builtin_bytes": cfg.data.builtin_bytes, "vocab_size": cfg.tokenizer.vocab_size,
+            "tokenizer_sha256": m.data.tokenizer_sha256,
+            "train_tokens": m.data.train_tokens, "train_tokens_sha256": m.data.train_tokens_sha256,
+            "val_tokens": m.data.val_tokens, "val_tokens_sha256": m.data.val_tokens_sha256,
+            "token_dtype": "u16le",
+        });
+        o.put("data/data.json", &hf::pretty(&data_json)?)?;
+
+        // The code that trained it.
+        let source_included = if a.no_source {
+            false
+        } else {
+            if git_commit == "unknown" {
+                return Err(Error::hint(
+                    "the run's manifest records no git commit (tinylm was built outside a git checkout)",
+                    "pass --no-source to release without the code (Class I and II need it)",
+                ));
+            }
+            let repo = find_repo(&git_commit, a.repo.as_deref())?;
+            log(&format!("archiving commit {git_commit} from {}", repo.display()));
+            archive(&repo, &git_commit, &tmp.join("source"))?;
+            true
+        };
+
+        // Licence texts.
+        for expr in [&lic.code, &lic.data, &lic.weights, &lic.document] {
+            for l in license::texts(expr) {
+                o.put(&format!("LICENSES/{}.txt", l.id), l.text.unwrap_or_default().as_bytes())?;
+            }
+        }
+
+        let facts = Facts {
+            cfg: cfg.clone(),
+            manifest: m.clone(),
+            steps: steps.iter().map(|(s, _)| *s).collect(),
+            final_step,
+            num_params: final_model.num_params(),
+            vocab: hfm_vocab,
+            eot,
+            metrics,
+            verify_table: verify_table.clone(),
+            git_commit: git_commit.clone(),
+            git_dirty,
+            commits: commits.clone(),
+            allow_dirty: a.allow_dirty,
+            source_included,
+            data_included,
+            data_excluded_why: data_excluded_why.clone(),
+            licenses: lic.clone(),
+            date: a.date.clone(),
+            contact: a.contact.clone(),
+            samples,
+            sample_cmd,
+        };
+        let comps = components(&facts, &tmp);
+        let class = mof::class_met(&|n| comps.iter().any(|(c, _)| c == n));
+        o.put("README.md", card::model_card(&facts, class, &comps)?.as_bytes())?;
+        o.put("DATA_CARD.md", card::data_card(&facts).as_bytes())?;
+        o.put("REPORT.md", card::report(&facts, class).as_bytes())?;
+        o.put("data/RECIPE.md", card::data_recipe(&facts).as_bytes())?;
+
+        // mof.yml: the components present, each with its licence.
+        let lp = |expr: &str| {
+            license::texts(expr).first().map(|l| format!("LICENSES/{}.txt", l.id)).unwrap_or_default()
+        };
+        let np = |expr: &str| mof::NamePath { name: expr.to_string(), path: lp(expr) };
+        let record = mof::Record {
+            framework: mof::Framework {
+                name: mof::FRAMEWORK_NAME.into(),
+                version: mof::FRAMEWORK_VERSION.into(),
+                date: mof::FRAMEWORK_DATE.into(),
+            },
+            release: mof::Release {
+                name: format!("tinylm-{}", m.run_name),
+                version: format!("step-{final_step}"),
+                date: a.date.clone(),
+                kind: "language".into(),
+                architecture: "transformer decoder (Llama)".into(),
+                treatment: "pre-trained".into(),
+                origin: "none (trained from scratch)".into(),
+                producer: "tinylm".into(),
+                contact: a.contact.clone(),
+                license: mof::ReleaseLicenses {
+                    distribution: np(&lic.weights),
+                    code: np(&lic.code),
+                    data: np(&lic.data),
+                    document: np(&lic.document),
+                },
+                components: comps
+                    .iter()
+                    .map(|(name, c)| mof::RecordComponent {
+                        name: name.clone(),
+                        description: c.description.clone(),
+                        license: c.license.clone(),
+                        license_path: c.license_path.clone(),
+                        component_path: c.component_path.clone(),
+                    })
+                    .collect(),
+            },
+        };
+        o.put(MOF_FILE, record.to_yaml().map_err(Error::msg)?.as_bytes())?;
+
+        // release.json: each component's files and hashes.
+        let mut components_json = BTreeMap::new();
+        for (name, mut c) in comps.clone() {
+            let p = tmp.join(&c.component_path);
+            let files: Vec<String> = if p.is_dir() {
+                walk(&p)?
+                    .into_iter()
+                    .map(|f| format!("{}/{f}", c.component_path.trim_end_matches('/')))
+                    .collect()
+            } else {
+                vec![c.component_path.clone()]
+            };
+            for f in files {
+                c.files.insert(f.clone(), sha256_file(&tmp.join(&f))?);
+            }
+            components_json.insert(name, c);
+        }
+        let missing: BTreeMap<String, String> = mof::COMPONENTS
+            .iter()
+            .filter(|c| !components_json.contains_key(c.name))
+            .map(|c| (c.name.to_string(), missing_reason(c.name, &facts)))
+            .collect();
+        let rec = ReleaseRecord {
+            format_version: FORMAT_VERSION,
+            tool: format!("tinylm {}", env!("CARGO_PKG_VERSION")),
+            run_name: m.run_name.clone(),
+            date: a.date.clone(),
+            git_commit: git_commit.clone(),
+            git_dirty,
+            allow_dirty: a.allow_dirty,
+            final_step,
+            checkpoints: facts.steps.clone(),
+            data_source: cfg.data.source.clone(),
+            data_included,
+            licenses: [
+                ("code", &lic.code),
+                ("data", &lic.data),
+                ("weights", &lic.weights),
+                ("document", &lic.document),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+            components: components_json,
+            missing: missing.clone(),
+        };
+        let mut rj = serde_json::to_string_pretty(&rec).map_err(|e| Error::msg(e.to_string()))?;
+        rj.push('\n');
+        o.put(RELEASE_JSON, rj.as_bytes())?;
+        let s = sums(&tmp)?;
+        o.put(SUMS_FILE, s.as_bytes())?;
+        Ok(Summary {
+            out_dir: a.out_dir.clone(),
+            class,
+            files: s.lines().count() + 1,
+            missing,
+            dirty: git_dirty,
+        })
+    })();
+    match built {
+        Ok(summary) => {
+            if a.out_dir.exists() {
+                fs::remove_dir(&a.out_dir).at(&a.out_dir)?;
+            }
+            fs::rename(&tmp, &a.out_dir).at(&a.out_dir)?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn missing_reason(name: &str, f: &Facts) -> String {
+    match name {
+        "Datasets" | "Evaluation data" => {
+            f.data_excluded_why.clone().unwrap_or_else(|| "the corpus is not in the release".into())
+        }
+        "Model parameters (Intermediate)" => "the run kept fewer than two checkpoints before the final one (set checkpoint.every and keep_last = 0)".into(),
+        _ if !f.source_included => "released with --no-source: the code is not in the release".into(),
+        _ => "not produced".into(),
+    }
+}
+
+/// The MOF components a release holds: name -> (licence, paths, description). Files are listed
+/// later, once everything is written.
+fn components(f: &Facts, root: &Path) -> Vec<(String, ComponentFiles)> {
+    let l = &f.licenses;
+    let lp = |expr: &str| {
+        license::texts(expr).first().map(|l| format!("LICENSES/{}.txt", l.id)).unwrap_or_default()
+    };
+    let mut out: Vec<(String, ComponentFiles)> = Vec::new();
+    let mut add = |name: &str, lic: &str, path: String, description: String| {
+        out.push((
+            name.to_string(),
+            ComponentFiles {
+                license: lic.to_string(),
+                license_path: lp(lic),
+                component_path: path,
+                description,
+                files: BTreeMap::new(),
+            },
+        ));
+    };
+    let src = |cands: &[&str]| {
+        let rel: Vec<String> = cands.iter().map(|c| format!("source/{c}")).collect();
+        let rel: Vec<&str> = rel.iter().map(String::as_str).collect();
+        first_present(root, &rel, "source")
+    };
+    if f.source_included {
+        let dirty = if f.git_dirty {
+            " WARNING: the run was trained by a build with uncommitted changes (--allow-dirty); this is the recorded commit, not exactly the code that ran."
+        } else {
+            ""
+        };
+        add(
+            "Model architecture",
+            &l.code,
+            src(&["src/model.rs", "src/model/mod.rs", "src/model"]),
+            format!("Llama decoder in candle (RMSNorm, RoPE, SwiGLU); HF LlamaForCausalLM layout.{dirty}"),
+        );
+        add(
+            "Training code",
+            &l.code,
+            "source".into(),
+            format!("The tinylm crate at commit {}: `tinylm train`.{dirty}", f.git_commit),
+        );
+        add(
+            "Inference code",
+            &l.code,
+            src(&["src/sample.rs", "src/sample"]),
+            format!("Text generation (`tinylm sample`); model/ also loads in HF transformers.{dirty}"),
+        );
+        add(
+            "Evaluation code",
+            &l.code,
+            src(&["src/train.rs", "src/train/eval.rs", "src/eval.rs"]),
+            format!("Validation loss, perplexity and bits per byte over fixed windows (`evaluate`).{dirty}"),
+        );
+        add(
+            "Data preprocessing code",
+            &l.code,
+            src(&["src/data.rs", "src/data/mod.rs", "src/data"]),
+            format!("Corpus, split, byte-level BPE tokenizer, token files (`tinylm prepare`).{dirty}"),
+        );
+        add(
+            "Supporting libraries and tools",
+            &l.code,
+            src(&["Cargo.lock"]),
+            "Pinned dependency versions (candle, tokenizers, safetensors); each crate under its own licence."
+                .into(),
+        );
+    }
+    add(
+        "Model parameters (Final)",
+        &l.weights,
+        "model".into(),
+        format!(
+            "Final weights (step {}), fp32 safetensors, HF Llama layout with config and tokenizer.",
+            f.final_step
+        ),
+    );
+    if f.steps.len() > 2 {
+        add(
+            "Model parameters (Intermediate)",
+            &l.weights,
+            "checkpoints".into(),
+            format!("Every kept checkpoint ({} in all) with AdamW moments and state.json.", f.steps.len()),
+        );
+    }
+    add("Model metadata", &l.weights, "run".into(), "Resolved training config, manifest (hashes of every input and output, build, sessions), per-step metrics; optimizer state is in checkpoints/.".into());
+    add("Evaluation results", &l.document, "run/metrics.jsonl".into(), "Validation loss, perplexity and bits per byte at every eval step (also in README.md model-index and REPORT.md).".into());
+    add("Model card", &l.document, "README.md".into(), "Hugging Face model card.".into());
+    add(
+        "Data card",
+        &l.document,
+        "DATA_CARD.md".into(),
+        "Motivation, composition, collection, preprocessing, uses, distribution, maintenance of the data."
+            .into(),
+    );
+    add(
+        "Technical report",
+        &l.document,
+        "REPORT.md".into(),
+        "Every training decision with its value and reason, loss curves, evaluation, verification.".into(),
+    );
+    add(
+        "Research paper",
+        &l.document,
+        "REPORT.md".into(),
+        "The technical report is the paper: it documents the method, the set-up and the evidence.".into(),
+    );
+    add(
+        "Sample model outputs",
+        &l.document,
+        "run/samples".into(),
+        "A fixed-seed sample from every checkpoint, with the command that reproduces it.".into(),
+    );
+    if f.data_included {
+        add(
+            "Datasets",
+            &l.data,
+            "data".into(),
+            format!(
+                "The {} corpus (sha256 {}), split rule, tokenizer recipe and token hashes.",
+                f.cfg.data.source, f.manifest.data.corpus_sha256
+            ),
+        );
+        add(
+            "Evaluation data",
+            &l.data,
+            "data/corpus.txt".into(),
+            format!(
+                "The validation split: the last {} of data/corpus.txt, cut at a line start.",
+                f.cfg.data.val_fraction
+            ),
+        );
+    }
+    out.sort_by_key(|(n, _)| mof::COMPONENTS.iter().position(|c| c.name == n).unwrap_or(99));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert!(valid_date("2026-01-31"));
+        assert!(!valid_date("2026-1-31"));
+        assert!(!valid_date("yesterday"));
+        assert!(valid_date(&today()));
+    }
+}
