@@ -17,7 +17,21 @@ fn main() {
     println!("cargo:rustc-env=TINYLM_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=TINYLM_GIT_DIRTY={dirty}");
     println!("cargo:rustc-env=TINYLM_RUSTC_VERSION={rustc_version}");
-    for p in [".git/HEAD", ".git/index", "src", "Cargo.toml", "Cargo.lock", "build.rs"] {
+    for p in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
         println!("cargo:rerun-if-changed={p}");
+    }
+    // The commit and dirty flag change with HEAD, the index and the refs; in a worktree these
+    // live under the git dir `git rev-parse` names (`.git` is then a file). A path that does not
+    // exist would make cargo rerun this script on every build, so only existing ones are named.
+    let git_dir = run("git", &["rev-parse", "--git-dir"]);
+    let common = run("git", &["rev-parse", "--git-common-dir"]);
+    for (dir, name) in [(&git_dir, "HEAD"), (&git_dir, "index"), (&common, "refs"), (&common, "packed-refs")]
+    {
+        if let Some(d) = dir {
+            let p = std::path::Path::new(d).join(name);
+            if p.exists() {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
     }
 }

@@ -275,7 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { run_dir, from, files_only, scratch, keep_scratch, threads: n } => {
-            let cfg_path = run_dir.join(tinylm::checkpoint::CONFIG_FILE);
+            let cfg_path = verify::Layout::detect(&run_dir).run.join(tinylm::checkpoint::CONFIG_FILE);
             let n = match n {
                 Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 Some(n) => n.min(1024),

@@ -104,6 +104,40 @@ fn hash_or_missing(p: &Path) -> String {
 /// Step 1: the run directory's files against the manifest: every recorded file, plus any
 /// checkpoint on disk the manifest does not record and any unlisted file inside a recorded one.
 pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
+    check_files_in(&Layout::run(run_dir), m)
+}
+
+/// Where a run's files are: a run directory, or a release (`tinylm release`), whose run record
+/// is `run/` and whose checkpoints are `checkpoints/step-*`, beside the files of the Hugging
+/// Face export (covered by the release's SHA256SUMS, which `tinylm audit` checks).
+pub struct Layout {
+    pub run: PathBuf,
+    pub checkpoints: PathBuf,
+    /// File names a checkpoint may hold beyond the recorded ones.
+    pub extra_ok: &'static [&'static str],
+}
+
+/// The files `tinylm release` adds to each checkpoint.
+const RELEASE_EXTRAS: &[&str] =
+    &["config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"];
+
+impl Layout {
+    pub fn run(dir: &Path) -> Layout {
+        Layout { run: dir.to_path_buf(), checkpoints: dir.to_path_buf(), extra_ok: &[] }
+    }
+
+    /// A run directory, or a release directory (it has `release.json` and `run/manifest.json`).
+    pub fn detect(dir: &Path) -> Layout {
+        if dir.join("release.json").is_file() && dir.join("run").join(crate::manifest::FILE).is_file() {
+            Layout { run: dir.join("run"), checkpoints: dir.join("checkpoints"), extra_ok: RELEASE_EXTRAS }
+        } else {
+            Layout::run(dir)
+        }
+    }
+}
+
+pub fn check_files_in(l: &Layout, m: &Manifest) -> Vec<Row> {
+    let (run_dir, ckpts) = (l.run.as_path(), l.checkpoints.as_path());
     let mut rows = vec![Row::new(
         "config.toml",
         m.config_sha256.clone(),
@@ -114,21 +148,21 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
             rows.push(Row::new(
                 format!("{}/{name}", c.dir),
                 want.clone(),
-                hash_or_missing(&run_dir.join(&c.dir).join(name)),
+                hash_or_missing(&ckpts.join(&c.dir).join(name)),
             ));
         }
-        if let Ok(entries) = fs::read_dir(run_dir.join(&c.dir)) {
+        if let Ok(entries) = fs::read_dir(ckpts.join(&c.dir)) {
             let mut extra: Vec<String> = entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !c.files.contains_key(n))
+                .filter(|n| !c.files.contains_key(n) && !l.extra_ok.contains(&n.as_str()))
                 .collect();
             extra.sort();
             for n in extra {
                 rows.push(Row::new(
                     format!("{}/{n}", c.dir),
                     "not recorded",
-                    hash_or_missing(&run_dir.join(&c.dir).join(&n)),
+                    hash_or_missing(&ckpts.join(&c.dir).join(&n)),
                 ));
             }
         }
@@ -138,13 +172,13 @@ pub fn check_files(run_dir: &Path, m: &Manifest) -> Vec<Row> {
     // it (the next `train --resume` records it): shown, and tolerated. A record marked absent
     // whose directory is still there is a retention a kill interrupted: harmless.
     let newest = m.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
-    for (step, _) in checkpoint::list(run_dir).unwrap_or_default() {
+    for (step, _) in checkpoint::list(ckpts).unwrap_or_default() {
         if m.checkpoints.iter().any(|c| c.step == step) {
             continue;
         }
         let mut row =
             Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present");
-        if step > newest && run::verified_hashes(&run_dir.join(checkpoint::dir_name(step))).is_ok() {
+        if step > newest && run::verified_hashes(&ckpts.join(checkpoint::dir_name(step))).is_ok() {
             row.recomputed = "complete, not yet recorded (train --resume records it)".into();
             row.tolerated = true;
         }
@@ -230,14 +264,22 @@ impl Drop for Scratch {
 }
 
 pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
-    let _lock = RunDir::open_shared(&a.run_dir)?;
-    let m = run::read_manifest(&a.run_dir)?.ok_or_else(|| {
+    if !a.run_dir.is_dir() {
+        return Err(Error::hint(
+            format!("run directory {} does not exist", a.run_dir.display()),
+            "pass the directory `tinylm train` wrote (e.g. checkpoints/tiny) or a release directory",
+        ));
+    }
+    let layout = Layout::detect(&a.run_dir);
+    let run_dir = layout.run.clone();
+    let _lock = RunDir::open_shared(&run_dir)?;
+    let m = run::read_manifest(&run_dir)?.ok_or_else(|| {
         Error::hint(
             format!("{} has no manifest.json: it is not a tinylm run directory", a.run_dir.display()),
             "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
         )
     })?;
-    let mut rows = check_files(&a.run_dir, &m);
+    let mut rows = check_files_in(&layout, &m);
     if a.files_only {
         return Ok(Report { rows, divergence: None });
     }
@@ -245,14 +287,14 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         return Err(Error::hint(
             format!(
                 "{}: sha256 {} does not match the manifest ({}); the run's config was changed after it ran",
-                a.run_dir.join(checkpoint::CONFIG_FILE).display(),
+                run_dir.join(checkpoint::CONFIG_FILE).display(),
                 rows[0].recomputed,
                 rows[0].recorded
             ),
             "restore the run's config.toml (each checkpoint holds a copy), then verify again",
         ));
     }
-    let cfg = Config::load(&a.run_dir.join(checkpoint::CONFIG_FILE), &[])?;
+    let cfg = Config::load(&run_dir.join(checkpoint::CONFIG_FILE), &[])?;
     let start = a.from.unwrap_or(0);
     let loaded = match a.from {
         None => None,
@@ -277,7 +319,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     "verify from scratch (drop --from) or from another checkpoint",
                 ));
             }
-            Some(checkpoint::load(&a.run_dir.join(&rec.dir))?)
+            Some(checkpoint::load(&layout.checkpoints.join(&rec.dir))?)
         }
     };
     let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).collect();
@@ -331,7 +373,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             let Some(want) = c.files.get(name) else { continue };
             // The first step where the re-execution disagrees with the record, or with the
             // file on disk (a tampered checkpoint): name the first tensor that differs.
-            let on_disk = a.run_dir.join(&c.dir).join(name);
+            let on_disk = layout.checkpoints.join(&c.dir).join(name);
             let disk_differs = c.present && on_disk.is_file() && hash_or_missing(&on_disk) != got;
             if name == MODEL_FILE && divergence.is_none() && (*want != got || disk_differs) {
                 divergence = Some(match c.present.then(|| first_difference(&on_disk, &model)).flatten() {

@@ -135,18 +135,23 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), text);
 
-    // The release's run record is a valid run directory for `tinylm verify`.
-    copy_dir(&rel.join("run"), &d.path("vrun"));
-    for step in [5, 10, 15, 20] {
-        let name = format!("step-{step:08}");
-        copy_dir(&rel.join("checkpoints").join(&name), &d.path("vrun").join(&name));
-    }
-    let o = d.run(&["verify", "vrun", "--files-only"]);
+    // `tinylm verify` takes the release directory itself: files, then the full retrain and
+    // compare (the built-in corpus is regenerated), as the author's run directory does.
+    let rel_arg = rel.display().to_string();
+    let o = d.run(&["verify", &rel_arg, "--files-only"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    // ...and the full retrain-and-compare passes from it (the built-in corpus is regenerated).
-    let o = d.run(&["verify", "vrun"]);
+    let o = d.run(&["verify", &rel_arg]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("rerun step-00000020/model.safetensors"), "{}", stdout(&o));
+    // A flipped byte in a released checkpoint is a mismatch there too.
+    let p = rel.join("checkpoints/step-00000010/model.safetensors");
+    let mut b = bytes(&p);
+    let i = b.len() - 2;
+    b[i] ^= 1;
+    std::fs::write(&p, b).unwrap();
+    let o = d.run(&["verify", &rel_arg, "--files-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("MISMATCH: step-00000010/model.safetensors"), "{}", stdout(&o));
 }
 
 /// Split `tinylm sample` arguments, honouring the double quotes around the prompt.

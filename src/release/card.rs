@@ -218,9 +218,7 @@ Samples from every checkpoint, with the command that reproduces each: `run/sampl
    against `config.json`, the licences, `mof.yml`, and replays the data to its recorded hashes.
 2. Build the code that trained it: `cd source && cargo build --release --locked`
    (commit `{commit}`, `Cargo.lock` pinned; rustc `{rustc}`).
-3. Retrain and compare every hash: put the run record and the checkpoints in one run
-   directory outside the release (so the release stays as published) and verify it:
-   `mkdir ../rerun && cp -r run/* checkpoints/step-* ../rerun/ && tinylm verify ../rerun`.
+3. Retrain and compare every hash, from the release directory: `tinylm verify .`
    It retrains from `run/config.toml` in a scratch directory and compares data, weights and
    optimizer state at every checkpoint ({verify_note}); `--files-only` checks the files alone
    in seconds.
@@ -649,8 +647,7 @@ The run's files against its manifest (`tinylm verify --files-only`, run by `tiny
 ```
 {verify}```
 
-The full check retrains and compares every hash:
-`mkdir ../rerun && cp -r run/* checkpoints/step-* ../rerun/ && tinylm verify ../rerun`.
+The full check retrains and compares every hash: `tinylm verify .` in the release directory.
 "#,
         name = m.run_name,
         label = mof::class_label(class),
