@@ -134,21 +134,19 @@ impl RunDir {
                 "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
             ));
         }
+        // Only a directory some `train` has written has a lock file; verify never creates one
+        // (a release or a read-only copy stays byte for byte as it was).
         let p = path.join(LOCK_FILE);
-        match fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p) {
-            Ok(_) => Ok(RunDir { path: path.to_path_buf(), _lock: lock(path, false)? }),
-            // A read-only copy (a mounted release, a shared folder): nobody can write it, so
-            // there is nothing to lock against.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-                ) =>
-            {
-                let f = fs::File::open(path).at(path)?;
-                Ok(RunDir { path: path.to_path_buf(), _lock: f })
-            }
-            Err(e) => Err(Error::Io { path: p, source: e }),
+        match fs::OpenOptions::new().read(true).open(&p) {
+            Ok(f) => match f.try_lock_shared() {
+                Ok(()) => Ok(RunDir { path: path.to_path_buf(), _lock: f }),
+                Err(fs::TryLockError::WouldBlock) => Err(Error::hint(
+                    format!("run directory {} is in use by another tinylm process", path.display()),
+                    "wait for the training to finish (or stop it), then verify",
+                )),
+                Err(fs::TryLockError::Error(e)) => Err(Error::Io { path: p, source: e }),
+            },
+            Err(_) => Ok(RunDir { path: path.to_path_buf(), _lock: fs::File::open(path).at(path)? }),
         }
     }
 

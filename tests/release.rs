@@ -143,6 +143,9 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     let o = d.run(&["verify", &rel_arg]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("rerun step-00000020/model.safetensors"), "{}", stdout(&o));
+    // Verifying wrote nothing into the release: the audit still passes.
+    let o = d.run(&["audit", &rel_arg, "--skip-data-replay"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     // A flipped byte in a released checkpoint is a mismatch there too.
     let p = rel.join("checkpoints/step-00000010/model.safetensors");
     let mut b = bytes(&p);
