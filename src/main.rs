@@ -118,6 +118,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    tinylm::kernels::configure()?; // a bad TINYLM_KERNELS fails here, before any work
     match cli.cmd {
         Cmd::Train { config, run_dir, set, resume } => {
             let cfg = Config::load(&config, &set)?;
