@@ -10,24 +10,19 @@ const LN2_HI: f32 = 0.693_359_4; // 0.693359375 exactly
 const LN2_LO: f32 = -2.121_944_4e-4;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
-/// e^x. Range reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial in r, then scaling
-/// by 2^n through the exponent bits (in two halves, so 2^n never overflows early).
+/// e^x. Range reduction x = n ln2 + r with n = x log2(e) rounded to nearest-even by the
+/// 1.5 * 2^23 trick, a degree-7 polynomial in r, then scaling by 2^n through the exponent bits
+/// (in two halves, so 2^n never overflows early). Branch-free but for the final selects, so
+/// the compiler can vectorize loops over it (per lane, the same IEEE ops).
 #[inline]
 pub fn exp(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
-    if x > 88.722_84 {
-        return f32::INFINITY;
-    }
-    if x < -103.972_08 {
-        return 0.0;
-    }
-    // n = round-half-away(x * log2 e), computed exactly as an integer.
-    let t = x * LOG2E;
-    let n = if t >= 0.0 { (t + 0.5) as i32 } else { (t - 0.5) as i32 };
-    let nf = n as f32;
-    let r = (x - nf * LN2_HI) - nf * LN2_LO;
+    const HI: f32 = 88.722_84;
+    const LO: f32 = -103.972_08;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let xc = if x > HI { HI } else if x < LO { LO } else { x };
+    let nf = (xc * LOG2E + ROUND) - ROUND;
+    let n = nf as i32;
+    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
     let z = r * r;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -36,12 +31,21 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = (p * z + r) + 1.0;
-    // 2^n = 2^a * 2^b with a = n / 2, b = n - a; each factor is a normal float for n in
-    // [-150, 128], and each multiply is exact unless the result is subnormal (then it rounds
+    // 2^n = 2^a * 2^b with a = n >> 1, b = n - a; both factors are normal floats for n in
+    // [-151, 128], and each multiply is exact unless the result is subnormal (then it rounds
     // once, the same way everywhere).
-    let a = n / 2;
+    let a = n >> 1;
     let b = n - a;
-    y * pow2(a) * pow2(b)
+    let e = y * pow2(a) * pow2(b);
+    if x.is_nan() {
+        x
+    } else if x > HI {
+        f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// 2^n for n in [-126, 127], from the exponent bits.

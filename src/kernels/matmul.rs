@@ -5,10 +5,10 @@
 //! split rows of C only; there is no split-k. So every path and every thread count gives the
 //! same bits, and they depend on nothing but A and B.
 //!
-//! Layout: B is packed into panels of 16 columns (`[k][16]`, zero-padded), A into tiles of
-//! 6 rows (`[k][6]`, zero-padded); a microkernel keeps a 6 x 16 tile of C in registers,
-//! broadcasts A[i, k] and fmas it with B[k, j..j+16]. Padding only feeds rows and columns that
-//! are thrown away.
+//! Layout: a microkernel keeps a 6 x 16 tile of C in registers, broadcasts A[i, k] and fmas it
+//! with B[k, j..j+16]. Row-major operands are read in place; others (and partial edge tiles)
+//! are packed into `[k][16]` panels of B and `[k][6]` tiles of A, zero-padded. Padding only
+//! feeds rows and columns that are thrown away.
 
 use super::Path;
 use rayon::prelude::*;
@@ -35,7 +35,7 @@ impl<'a> MatRef<'a> {
     pub fn t(data: &'a [f32], cols: usize) -> Self {
         MatRef { data, rs: 1, cs: cols }
     }
-    #[inline]
+    #[cfg(test)]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }
@@ -64,7 +64,7 @@ pub fn matmul_with(path: Path, a: MatRef, b: MatRef, c: &mut [f32], m: usize, n:
         c.fill(0.0);
         return;
     }
-    let bp = pack_b(b, n, k);
+    let bp = Panels::new(b, n, k);
     // Row blocks: a multiple of MR, about 4 per thread. Only the schedule depends on it.
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let tiles = m.div_ceil(MR);
@@ -81,61 +81,128 @@ pub fn matmul_with(path: Path, a: MatRef, b: MatRef, c: &mut [f32], m: usize, n:
     }
 }
 
-/// Pack B into ceil(n/16) panels of k x 16, zero-padded.
-fn pack_b(b: MatRef, n: usize, k: usize) -> Vec<f32> {
-    let panels = n.div_ceil(NR);
-    let mut p = vec![0f32; panels * k * NR];
-    for (pi, panel) in p.chunks_mut(k * NR).enumerate() {
-        let j0 = pi * NR;
-        let w = NR.min(n - j0);
-        for kk in 0..k {
-            let dst = &mut panel[kk * NR..kk * NR + w];
-            for (jj, d) in dst.iter_mut().enumerate() {
-                *d = b.at(kk, j0 + jj);
-            }
-        }
-    }
-    p
+/// Where the microkernel reads B: row-major B is read in place (16 contiguous columns per k),
+/// any other layout, and the last partial panel, from a packed copy of k x 16, zero-padded.
+struct Panels<'a> {
+    b: MatRef<'a>,
+    direct: bool,
+    /// Packed panels: all of them, or only the last one when `direct`.
+    packed: Vec<f32>,
+    n: usize,
+    k: usize,
 }
 
-/// Rows r0..r0+mb of C.
-#[allow(clippy::too_many_arguments)]
-fn block(path: Path, a: MatRef, bp: &[f32], c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
-    // Pack this block's rows of A into 6-row tiles of k x 6.
-    let tiles = mb.div_ceil(MR);
-    let mut ap = vec![0f32; tiles * k * MR];
-    for (t, tile) in ap.chunks_mut(k * MR).enumerate() {
-        let h = MR.min(mb - t * MR);
-        for kk in 0..k {
-            for r in 0..h {
-                tile[kk * MR + r] = a.at(r0 + t * MR + r, kk);
+impl<'a> Panels<'a> {
+    fn new(b: MatRef<'a>, n: usize, k: usize) -> Panels<'a> {
+        let direct = b.cs == 1;
+        let panels = n.div_ceil(NR);
+        let first = if direct { n / NR } else { 0 };
+        let mut packed = vec![0f32; (panels - first) * k * NR];
+        for (pi, panel) in packed.chunks_mut(k * NR).enumerate() {
+            let j0 = (first + pi) * NR;
+            let w = NR.min(n - j0);
+            if b.cs == 1 {
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    let src = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = *s;
+                    }
+                }
+            } else {
+                for jj in 0..w {
+                    let col = (j0 + jj) * b.cs;
+                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        dst[jj] = b.data[col + kk * b.rs];
+                    }
+                }
+            }
+        }
+        Panels { b, direct, packed, n, k }
+    }
+
+    /// Panel p from k0 on: (data, stride between consecutive k).
+    fn get(&self, p: usize, k0: usize) -> (&[f32], usize) {
+        let j0 = p * NR;
+        if self.direct && j0 + NR <= self.n {
+            (&self.b.data[k0 * self.b.rs + j0..], self.b.rs)
+        } else {
+            let q = if self.direct { 0 } else { p };
+            (&self.packed[(q * self.k + k0) * NR..], NR)
+        }
+    }
+}
+
+/// Pack rows r0..r0+h (h <= 6), k0..k0+kc of A into a kc x 6 tile, zero-padded.
+fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]) {
+    if h < MR {
+        tile.fill(0.0);
+    }
+    if a.rs == 1 {
+        for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
+            let o = (k0 + kk) * a.cs + r0;
+            for (d, s) in dst.iter_mut().zip(&a.data[o..o + h]) {
+                *d = *s;
+            }
+        }
+    } else {
+        for r in 0..h {
+            let row = (r0 + r) * a.rs;
+            for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
+                dst[r] = a.data[row + (k0 + kk) * a.cs];
             }
         }
     }
+}
+
+/// Rows r0..r0+mb of C. Row-major A is read in place (full 6-row tiles); other layouts and
+/// the last partial tile are packed per k-block.
+#[allow(clippy::too_many_arguments)]
+fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
+    let tiles = mb.div_ceil(MR);
     let panels = n.div_ceil(NR);
-    let mut acc = [0f32; MR * NR];
+    let direct_a = a.cs == 1;
+    let mut ap = vec![0f32; if direct_a { KC.min(k) * MR } else { tiles * KC.min(k) * MR }];
+    let mut edge = [0f32; MR * NR];
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
+        // The accumulator starts at +0 for the first k-block, then carries the chain in C.
+        let load = k0 > 0;
+        if !direct_a {
+            for t in 0..tiles {
+                let tile = &mut ap[t * kc * MR..(t + 1) * kc * MR];
+                pack_a(a, r0 + t * MR, MR.min(mb - t * MR), k0, kc, tile);
+            }
+        } else if mb % MR != 0 {
+            let t = tiles - 1;
+            pack_a(a, r0 + t * MR, mb - t * MR, k0, kc, &mut ap[..kc * MR]);
+        }
         for p in 0..panels {
             let j0 = p * NR;
             let w = NR.min(n - j0);
-            let bpanel = &bp[(p * k + k0) * NR..(p * k + k0 + kc) * NR];
+            let (bpanel, bs) = bp.get(p, k0);
             for t in 0..tiles {
                 let i0 = t * MR;
                 let h = MR.min(mb - i0);
-                // The accumulator: +0 at k = 0, else the chain so far, stored in C.
-                if k0 == 0 {
-                    acc = [0f32; MR * NR];
+                let (atile, ars, acs) = if !direct_a {
+                    (&ap[t * kc * MR..(t + 1) * kc * MR], 1, MR)
+                } else if h < MR {
+                    (&ap[..kc * MR], 1, MR)
+                } else {
+                    (&a.data[(r0 + i0) * a.rs + k0..], a.rs, 1)
+                };
+                let am = Tile { data: atile, rs: ars, cs: acs };
+                if h == MR && w == NR {
+                    let cs = &mut c[i0 * n + j0..(i0 + MR - 1) * n + j0 + NR];
+                    micro(path, kc, am, bpanel, bs, cs, n, load);
                 } else {
                     for r in 0..h {
-                        acc[r * NR..r * NR + w].copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
+                        edge[r * NR..r * NR + w].copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
                     }
-                }
-                let atile = &ap[(t * k + k0) * MR..(t * k + k0 + kc) * MR];
-                micro(path, kc, atile, bpanel, &mut acc);
-                for r in 0..h {
-                    c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w].copy_from_slice(&acc[r * NR..r * NR + w]);
+                    micro(path, kc, am, bpanel, bs, &mut edge, NR, load);
+                    for r in 0..h {
+                        c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w].copy_from_slice(&edge[r * NR..r * NR + w]);
+                    }
                 }
             }
         }
@@ -143,17 +210,31 @@ fn block(path: Path, a: MatRef, bp: &[f32], c: &mut [f32], r0: usize, mb: usize,
     }
 }
 
+/// A 6-row slice of A for the microkernel: element (r, k) at `data[r * rs + k * cs]`.
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// The 6 x 16 tile at `c` (row stride `ldc`):
+/// acc = load ? c : +0; for k in 0..kc: acc[r][j] = fma(A[r][k], B[k][j], acc[r][j]); c = acc.
+/// B[k][j] is `b[k * bs + j]`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-fn micro(path: Path, kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+fn micro(path: Path, kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: usize, load: bool) {
+    assert!(kc > 0);
+    assert!(a.data.len() > (MR - 1) * a.rs + (kc - 1) * a.cs);
+    assert!(b.len() >= (kc - 1) * bs + NR && c.len() > (MR - 1) * ldc + NR - 1);
     match path {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul_with` checked that the CPU has AVX2 and FMA; the slices hold kc rows.
-        Path::Avx2 => unsafe { micro_avx2(kc, a.as_ptr(), b.as_ptr(), acc) },
+        // SAFETY: `matmul_with` checked that the CPU has AVX2 and FMA; the bounds are asserted.
+        Path::Avx2 => unsafe { micro_avx2(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: `matmul_with` checked that the CPU has NEON; the slices hold kc rows.
-        Path::Neon => unsafe { micro_neon(kc, a.as_ptr(), b.as_ptr(), acc) },
-        _ => micro_scalar(kc, a, b, acc),
+        // SAFETY: `matmul_with` checked that the CPU has NEON; the bounds are asserted.
+        Path::Neon => unsafe { micro_neon(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load) },
+        _ => micro_scalar(kc, a, b, bs, c, ldc, load),
     }
 }
 
@@ -171,98 +252,124 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-fn micro_scalar(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
-    for kk in 0..kc {
-        let bk = &b[kk * NR..kk * NR + NR];
+fn micro_scalar(kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: usize, load: bool) {
+    let mut acc = [0f32; MR * NR];
+    if load {
         for r in 0..MR {
-            let av = a[kk * MR + r];
+            acc[r * NR..(r + 1) * NR].copy_from_slice(&c[r * ldc..r * ldc + NR]);
+        }
+    }
+    for kk in 0..kc {
+        let bk = &b[kk * bs..kk * bs + NR];
+        for r in 0..MR {
+            let av = a.data[r * a.rs + kk * a.cs];
             let row = &mut acc[r * NR..r * NR + NR];
             for (cj, &bj) in row.iter_mut().zip(bk) {
                 *cj = fma(av, bj, *cj);
             }
         }
     }
+    for r in 0..MR {
+        c[r * ldc..r * ldc + NR].copy_from_slice(&acc[r * NR..(r + 1) * NR]);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, acc: &mut [f32; MR * NR]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx2(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
     use std::arch::x86_64::*;
-    let p = acc.as_mut_ptr();
-    let mut c00 = _mm256_loadu_ps(p);
-    let mut c01 = _mm256_loadu_ps(p.add(8));
-    let mut c10 = _mm256_loadu_ps(p.add(16));
-    let mut c11 = _mm256_loadu_ps(p.add(24));
-    let mut c20 = _mm256_loadu_ps(p.add(32));
-    let mut c21 = _mm256_loadu_ps(p.add(40));
-    let mut c30 = _mm256_loadu_ps(p.add(48));
-    let mut c31 = _mm256_loadu_ps(p.add(56));
-    let mut c40 = _mm256_loadu_ps(p.add(64));
-    let mut c41 = _mm256_loadu_ps(p.add(72));
-    let mut c50 = _mm256_loadu_ps(p.add(80));
-    let mut c51 = _mm256_loadu_ps(p.add(88));
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if load {
+        for (r, ar) in acc.iter_mut().enumerate() {
+            ar[0] = _mm256_loadu_ps(c.add(r * ldc));
+            ar[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+        }
+    }
+    let [mut c00, mut c01] = acc[0];
+    let [mut c10, mut c11] = acc[1];
+    let [mut c20, mut c21] = acc[2];
+    let [mut c30, mut c31] = acc[3];
+    let [mut c40, mut c41] = acc[4];
+    let [mut c50, mut c51] = acc[5];
+    let (a0, a1, a2, a3, a4, a5) = (a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars));
     for kk in 0..kc {
-        let b0 = _mm256_loadu_ps(b.add(kk * NR));
-        let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-        let ak = a.add(kk * MR);
-        let x = _mm256_broadcast_ss(&*ak);
+        let b0 = _mm256_loadu_ps(b.add(kk * bs));
+        let b1 = _mm256_loadu_ps(b.add(kk * bs + 8));
+        let o = kk * acs;
+        let x = _mm256_broadcast_ss(&*a0.add(o));
         c00 = _mm256_fmadd_ps(x, b0, c00);
         c01 = _mm256_fmadd_ps(x, b1, c01);
-        let x = _mm256_broadcast_ss(&*ak.add(1));
+        let x = _mm256_broadcast_ss(&*a1.add(o));
         c10 = _mm256_fmadd_ps(x, b0, c10);
         c11 = _mm256_fmadd_ps(x, b1, c11);
-        let x = _mm256_broadcast_ss(&*ak.add(2));
+        let x = _mm256_broadcast_ss(&*a2.add(o));
         c20 = _mm256_fmadd_ps(x, b0, c20);
         c21 = _mm256_fmadd_ps(x, b1, c21);
-        let x = _mm256_broadcast_ss(&*ak.add(3));
+        let x = _mm256_broadcast_ss(&*a3.add(o));
         c30 = _mm256_fmadd_ps(x, b0, c30);
         c31 = _mm256_fmadd_ps(x, b1, c31);
-        let x = _mm256_broadcast_ss(&*ak.add(4));
+        let x = _mm256_broadcast_ss(&*a4.add(o));
         c40 = _mm256_fmadd_ps(x, b0, c40);
         c41 = _mm256_fmadd_ps(x, b1, c41);
-        let x = _mm256_broadcast_ss(&*ak.add(5));
+        let x = _mm256_broadcast_ss(&*a5.add(o));
         c50 = _mm256_fmadd_ps(x, b0, c50);
         c51 = _mm256_fmadd_ps(x, b1, c51);
     }
-    _mm256_storeu_ps(p, c00);
-    _mm256_storeu_ps(p.add(8), c01);
-    _mm256_storeu_ps(p.add(16), c10);
-    _mm256_storeu_ps(p.add(24), c11);
-    _mm256_storeu_ps(p.add(32), c20);
-    _mm256_storeu_ps(p.add(40), c21);
-    _mm256_storeu_ps(p.add(48), c30);
-    _mm256_storeu_ps(p.add(56), c31);
-    _mm256_storeu_ps(p.add(64), c40);
-    _mm256_storeu_ps(p.add(72), c41);
-    _mm256_storeu_ps(p.add(80), c50);
-    _mm256_storeu_ps(p.add(88), c51);
+    let out = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
+    for (r, or) in out.iter().enumerate() {
+        _mm256_storeu_ps(c.add(r * ldc), or[0]);
+        _mm256_storeu_ps(c.add(r * ldc + 8), or[1]);
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn micro_neon(kc: usize, a: *const f32, b: *const f32, acc: &mut [f32; MR * NR]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_neon(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
     use std::arch::aarch64::*;
-    let p = acc.as_mut_ptr();
-    let mut c = [[vdupq_n_f32(0.0); 4]; MR];
-    for (r, cr) in c.iter_mut().enumerate() {
-        for (q, cq) in cr.iter_mut().enumerate() {
-            *cq = vld1q_f32(p.add(r * NR + q * 4));
-        }
-    }
-    for kk in 0..kc {
-        let bk = b.add(kk * NR);
-        let bv = [vld1q_f32(bk), vld1q_f32(bk.add(4)), vld1q_f32(bk.add(8)), vld1q_f32(bk.add(12))];
-        for (r, cr) in c.iter_mut().enumerate() {
-            let x = vdupq_n_f32(*a.add(kk * MR + r));
-            for (q, cq) in cr.iter_mut().enumerate() {
-                // vfmaq_f32(acc, x, b) = acc + x * b, fused: the same bits as fma(x, b, acc).
-                *cq = vfmaq_f32(*cq, x, bv[q]);
+    let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+    if load {
+        for (r, ar) in acc.iter_mut().enumerate() {
+            for (q, aq) in ar.iter_mut().enumerate() {
+                *aq = vld1q_f32(c.add(r * ldc + q * 4));
             }
         }
     }
-    for (r, cr) in c.iter().enumerate() {
-        for (q, cq) in cr.iter().enumerate() {
-            vst1q_f32(p.add(r * NR + q * 4), *cq);
+    for kk in 0..kc {
+        let bk = b.add(kk * bs);
+        let bv = [vld1q_f32(bk), vld1q_f32(bk.add(4)), vld1q_f32(bk.add(8)), vld1q_f32(bk.add(12))];
+        for (r, ar) in acc.iter_mut().enumerate() {
+            let x = vdupq_n_f32(*a.add(r * ars + kk * acs));
+            for (q, aq) in ar.iter_mut().enumerate() {
+                // vfmaq_f32(acc, x, b) = acc + x * b, fused: the same bits as fma(x, b, acc).
+                *aq = vfmaq_f32(*aq, x, bv[q]);
+            }
+        }
+    }
+    for (r, ar) in acc.iter().enumerate() {
+        for (q, aq) in ar.iter().enumerate() {
+            vst1q_f32(c.add(r * ldc + q * 4), *aq);
         }
     }
 }
@@ -295,6 +402,8 @@ mod tests {
         (29, 1, 13),
         (7, 17, 3),
         (6, 16, 256),
+        (12, 32, 513),
+        (48, 64, 40),
         (13, 33, 257),
         (50, 45, 600),
         (5, 19, 1030),

@@ -8,7 +8,10 @@
 
 use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
 use super::matmul::{matmul, matmul_serial, MatRef};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, StorageRef,
+    Tensor,
+};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -19,6 +22,32 @@ fn f32s<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
         Some((a, b)) => Ok(&v[a..b]),
         None => bail!("{op}: input must be contiguous"),
     }
+}
+
+/// The data of a contiguous f32 CPU tensor, borrowed (no copy) while the view lives.
+pub struct View<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl View<'_> {
+    pub fn data(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
+            _ => &[],
+        }
+    }
+}
+
+/// A view of `t`, which must be a contiguous f32 CPU tensor (call `.contiguous()` first).
+pub fn view(t: &Tensor) -> Result<View<'_>> {
+    let (guard, l) = t.storage_and_layout();
+    if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
+        bail!("kernels: want an f32 CPU tensor, got {:?}", t.dtype());
+    }
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("kernels: tensor is not contiguous") };
+    Ok(View { guard, start, end })
 }
 
 /// A tensor's f32 values in row-major order (a copy).
@@ -61,14 +90,16 @@ impl CustomOp2 for Linear {
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, k) = w.dims2()?;
-        let (xs, ws, dys) = (host(x)?, host(w)?, host(dy)?);
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
+        let (xs, ws, dys) = (xv.data(), wv.data(), dyv.data());
         let m = xs.len() / k;
         // dX (M, K) = dY (M, N) W (N, K): the chain runs over n.
         let mut dx = vec![0f32; m * k];
-        matmul(MatRef::rows(&dys, n), MatRef::rows(&ws, k), &mut dx, m, k, n);
+        matmul(MatRef::rows(dys, n), MatRef::rows(ws, k), &mut dx, m, k, n);
         // dW (N, K) = dY^T (N, M) X (M, K): the chain runs over all M = B*T rows, one chain.
         let mut dw = vec![0f32; n * k];
-        matmul(MatRef::t(&dys, n), MatRef::rows(&xs, k), &mut dw, n, k, m);
+        matmul(MatRef::t(dys, n), MatRef::rows(xs, k), &mut dw, n, k, m);
         Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw, w.dims())?)))
     }
 }
@@ -113,7 +144,9 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (xs, ws, dys) = (host(x)?, host(w)?, host(dy)?);
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
+        let (xs, ws, dys) = (xv.data(), wv.data(), dyv.data());
         let c = ws.len();
         let eps = self.eps;
         // dx = (dxhat - xhat * mean(dxhat * xhat)) * inv, with dxhat = dy * w, xhat = x * inv.
@@ -208,7 +241,9 @@ impl CustomOp1 for Rope {
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let (_, t, c) = x.dims3()?;
         // The rotation is orthogonal: its transpose is the rotation by -angle.
-        Ok(Some(tensor(self.rotate(&host(dy)?, t, c, -1.0), x.dims())?))
+        let dy = dy.contiguous()?;
+        let dyv = view(&dy)?;
+        Ok(Some(tensor(self.rotate(dyv.data(), t, c, -1.0), x.dims())?))
     }
 }
 
@@ -344,19 +379,21 @@ impl CustomOp3 for Attention {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (nbh, g) = self.geometry(q.dims())?;
-        let (qs, ks, vs, dys) = (host(q)?, host(k)?, host(v)?, host(dy)?);
+        let (q, k, v, dy) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, dy.contiguous()?);
+        let (qv, kv, vv, dyv) = (view(&q)?, view(&k)?, view(&v)?, view(&dy)?);
+        let (qs, ks, vs, dys) = (qv.data(), kv.data(), vv.data(), dyv.data());
         let t = g.t;
         let grads: Vec<[Vec<f32>; 3]> = (0..nbh)
             .into_par_iter()
             .map(|bh| {
                 let base = g.base(bh, self.n_head);
-                let p = g.probs(&qs, &ks, base);
+                let p = g.probs(qs, ks, base);
                 // dP (T, T) = dY V^T
                 let mut dp = vec![0f32; t * t];
-                matmul_serial(g.rows(&dys, base), g.cols(&vs, base), &mut dp, t, t, g.hd);
+                matmul_serial(g.rows(dys, base), g.cols(vs, base), &mut dp, t, t, g.hd);
                 // dV (T, Dh) = P^T dY
                 let mut dv = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::t(&p, t), g.rows(&dys, base), &mut dv, t, g.hd, t);
+                matmul_serial(MatRef::t(&p, t), g.rows(dys, base), &mut dv, t, g.hd, t);
                 // dS = P * (dP - sum_j P dP) * scale on j <= i, 0 above.
                 let mut ds = dp;
                 for i in 0..t {
@@ -369,9 +406,9 @@ impl CustomOp3 for Attention {
                 }
                 // dQ = dS K, dK = dS^T Q
                 let mut dq = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::rows(&ds, t), g.rows(&ks, base), &mut dq, t, g.hd, t);
+                matmul_serial(MatRef::rows(&ds, t), g.rows(ks, base), &mut dq, t, g.hd, t);
                 let mut dk = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::t(&ds, t), g.rows(&qs, base), &mut dk, t, g.hd, t);
+                matmul_serial(MatRef::t(&ds, t), g.rows(qs, base), &mut dk, t, g.hd, t);
                 [dq, dk, dv]
             })
             .collect();
@@ -411,7 +448,9 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gs, us, dys) = (host(g)?, host(u)?, host(dy)?);
+        let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
+        let (gv, uv, dyv) = (view(&g)?, view(&u)?, view(&dy)?);
+        let (gs, us, dys) = (gv.data(), uv.data(), dyv.data());
         let n = gs.len();
         let mut dg = vec![0f32; n];
         let mut du = vec![0f32; n];
@@ -489,7 +528,9 @@ impl CustomOp2 for CrossEntropy {
     }
     fn bwd(&self, x: &Tensor, tg: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, v) = x.dims2()?;
-        let xs = host(x)?;
+        let x = x.contiguous()?;
+        let xv = view(&x)?;
+        let xs = xv.data();
         let tg = tg.flatten_all()?.to_vec1::<u32>()?;
         // d loss / d x_ij = (p_ij - [j = t_i]) * g / N
         let k = g.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
