@@ -14,6 +14,8 @@
 //! Nothing above this layer does floating-point arithmetic that reaches the weights.
 
 pub mod adamw;
+#[cfg(test)]
+mod gradcheck;
 pub mod math;
 pub mod matmul;
 pub mod ops;
