@@ -19,7 +19,7 @@ pub fn exp(x: f32) -> f32 {
     const HI: f32 = 88.722_84;
     const LO: f32 = -103.972_08;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-    let xc = if x > HI { HI } else if x < LO { LO } else { x };
+    let xc = x.clamp(LO, HI);
     let nf = (xc * LOG2E + ROUND) - ROUND;
     let n = nf as i32;
     let r = (xc - nf * LN2_HI) - nf * LN2_LO;
@@ -29,7 +29,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes' 5.0000001201e-1, which is 0.5 in f32
     let y = (p * z + r) + 1.0;
     // 2^n = 2^a * 2^b with a = n >> 1, b = n - a; both factors are normal floats for n in
     // [-151, 128], and each multiply is exact unless the result is subnormal (then it rounds

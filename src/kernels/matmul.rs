@@ -173,7 +173,7 @@ fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize
                 let tile = &mut ap[t * kc * MR..(t + 1) * kc * MR];
                 pack_a(a, r0 + t * MR, MR.min(mb - t * MR), k0, kc, tile);
             }
-        } else if mb % MR != 0 {
+        } else if !mb.is_multiple_of(MR) {
             let t = tiles - 1;
             pack_a(a, r0 + t * MR, mb - t * MR, k0, kc, &mut ap[..kc * MR]);
         }
@@ -387,7 +387,7 @@ mod tests {
                 s ^= s >> 17;
                 s ^= s << 5;
                 let u = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-                if s % 7 == 0 {
+                if s.is_multiple_of(7) {
                     u * 1000.0
                 } else {
                     u

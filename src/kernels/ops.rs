@@ -250,7 +250,7 @@ impl CustomOp1 for Rope {
 /// Rotary embedding of x (B, T, C) with `n_head` heads of Dh = C / n_head, positions 0..T.
 pub fn rope(x: &Tensor, n_head: usize, theta: f64) -> Result<Tensor> {
     let (_, t, c) = x.dims3()?;
-    if c % n_head != 0 || (c / n_head) % 2 != 0 {
+    if !c.is_multiple_of(n_head) || !(c / n_head).is_multiple_of(2) {
         bail!("rope: width {c} is not n_head {n_head} heads of even size");
     }
     let (cos, sin) = rope_tables(t, c / n_head, theta);
