@@ -10,6 +10,7 @@ pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod kernels;
 pub mod manifest;
 pub mod model;
 pub mod optim;

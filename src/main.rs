@@ -192,6 +192,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    tinylm::kernels::configure()?; // a bad TINYLM_KERNELS fails here, before any work
     match cli.cmd {
         Cmd::Train { config, run_dir, set, resume, dry_run } => {
             let resume =

@@ -2,13 +2,15 @@
 //! (`rotate_half`) layout of HF transformers, SwiGLU MLP, no biases, untied embedding and head.
 //!
 //! Parameter names are HF Llama's, so `model.safetensors` loads into `LlamaForCausalLM`.
-//! Every op is a differentiable composition: candle_nn's fused rms_norm, softmax and rope have
-//! no backward pass and would silently stop gradients.
+//! Every op is one of our kernels (`crate::kernels::ops`, a candle custom op with its own
+//! backward) under the numerics contract of docs/numerics.md; candle only keeps the graph and
+//! does the exact ops (embedding lookup, residual adds, reshapes).
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kernels::ops;
 use crate::rng;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -132,120 +134,44 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let d = self.dims;
         let (b, t) = ids.dims2()?;
-        let (cos, sin) = rope_tables(t, d.head_dim(), d.rope_theta)?; // (T, Dh) each
-        let mask = causal_mask(t)?; // (T, T)
         let emb = self.p("model.embed_tokens.weight")?;
         let mut x = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, d.d_model))?; // (B, T, C)
         for i in 0..d.n_layer {
             let p = |s: &str| self.p(&format!("model.layers.{i}.{s}.weight"));
-            let h = rms_norm(&x, p("input_layernorm")?, d.norm_eps)?;
-            let h = self.attention(&h, i, &cos, &sin, &mask)?;
+            let h = ops::rms_norm(&x, p("input_layernorm")?, d.norm_eps)?; // (B, T, C)
+            let h = self.attention(&h, i)?; // (B, T, C)
             x = (x + h)?;
-            let h = rms_norm(&x, p("post_attention_layernorm")?, d.norm_eps)?;
+            let h = ops::rms_norm(&x, p("post_attention_layernorm")?, d.norm_eps)?;
             // SwiGLU: down(silu(gate(h)) * up(h))
-            let gate = linear(&h, p("mlp.gate_proj")?)?.silu()?; // (B, T, F)
-            let up = linear(&h, p("mlp.up_proj")?)?; // (B, T, F)
-            x = (x + linear(&(gate * up)?, p("mlp.down_proj")?)?)?; // (B, T, C)
+            let gate = ops::linear(&h, p("mlp.gate_proj")?)?; // (B, T, F)
+            let up = ops::linear(&h, p("mlp.up_proj")?)?; // (B, T, F)
+            x = (x + ops::linear(&ops::swiglu(&gate, &up)?, p("mlp.down_proj")?)?)?; // (B, T, C)
         }
-        let x = rms_norm(&x, self.p("model.norm.weight")?, d.norm_eps)?;
-        linear(&x, self.p("lm_head.weight")?) // (B, T, V)
+        let x = ops::rms_norm(&x, self.p("model.norm.weight")?, d.norm_eps)?;
+        Ok(ops::linear(&x, self.p("lm_head.weight")?)?) // (B, T, V)
     }
 
-    fn attention(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-    ) -> Result<Tensor> {
+    /// Causal self-attention of x (B, T, C); heads stay side by side in C (head h is columns
+    /// h*Dh..(h+1)*Dh), so no transposes are needed.
+    fn attention(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
         let d = self.dims;
-        let (b, t, c) = x.dims3()?;
-        let (h, hd) = (d.n_head, d.head_dim());
         let p = |s: &str| self.p(&format!("model.layers.{layer}.self_attn.{s}.weight"));
-        // (B, T, C) -> (B, H, T, Dh)
-        let heads = |w: &Tensor| -> Result<Tensor> {
-            Ok(linear(x, w)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = apply_rope(&heads(p("q_proj")?)?, cos, sin)?;
-        let k = apply_rope(&heads(p("k_proj")?)?, cos, sin)?;
-        let v = heads(p("v_proj")?)?;
-        let att = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?; // (B, H, T, T)
-        let att = softmax_last(&att.broadcast_add(mask)?)?;
-        let y = att.matmul(&v)?; // (B, H, T, Dh)
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, c))?; // (B, T, C)
-        linear(&y, p("o_proj")?)
+        let q = ops::rope(&ops::linear(x, p("q_proj")?)?, d.n_head, d.rope_theta)?; // (B, T, C)
+        let k = ops::rope(&ops::linear(x, p("k_proj")?)?, d.n_head, d.rope_theta)?; // (B, T, C)
+        let v = ops::linear(x, p("v_proj")?)?; // (B, T, C)
+        let y = ops::causal_attention(&q, &k, &v, d.n_head)?; // (B, T, C)
+        Ok(ops::linear(&y, p("o_proj")?)?)
     }
-}
-
-/// x (B, T, In) @ w (Out, In)^T -> (B, T, Out), done as one 2-D matmul.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, t, i) = x.dims3()?;
-    let out = w.dim(0)?;
-    Ok(x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, out))?)
-}
-
-/// x / sqrt(mean(x^2) + eps) * w, composed of differentiable ops.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (B, T, 1)
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dim; the max is a constant shift, so it is detached.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// (T, T) additive mask: 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Ok(Tensor::from_vec(data, (t, t), &Device::Cpu)?)
-}
-
-/// HF's rotary tables: inv_freq_j = theta^(-2j/Dh), emb = cat(freqs, freqs); (T, Dh) each.
-fn rope_tables(t: usize, hd: usize, theta: f64) -> Result<(Tensor, Tensor)> {
-    let half = hd / 2;
-    let mut cos = Vec::with_capacity(t * hd);
-    let mut sin = Vec::with_capacity(t * hd);
-    for pos in 0..t {
-        for j in 0..hd {
-            let inv = 1.0 / theta.powf((2 * (j % half)) as f64 / hd as f64);
-            let a = pos as f64 * inv;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    Ok((Tensor::from_vec(cos, (t, hd), &Device::Cpu)?, Tensor::from_vec(sin, (t, hd), &Device::Cpu)?))
-}
-
-/// x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1). x: (B, H, T, Dh).
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
 }
 
 /// Mean cross-entropy of logits (N, V) against targets (N) u32, differentiable.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(1)?.log()?; // (N, 1)
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
-    Ok((lse - picked)?.mean_all()?)
+    Ok(ops::cross_entropy(logits, targets)?)
 }
 
 /// Per-token loss (N) for evaluation, no graph kept.
 pub fn token_losses(logits: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
-    let max = logits.max_keepdim(1)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok((lse - picked)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(ops::token_losses(logits, targets)?)
 }
 
 #[cfg(test)]
@@ -307,12 +233,8 @@ mod tests {
     #[test]
     fn rope_matches_rotate_half_by_hand() {
         // One head, Dh = 4, position 1: HF's q_embed = q*cos + rotate_half(q)*sin.
-        let (cos, sin) = rope_tables(2, 4, 10000.0).unwrap();
-        let q = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7., 8.], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 2, 4))
-            .unwrap();
-        let out = apply_rope(&q, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7., 8.], &Device::Cpu).unwrap().reshape((1, 2, 4)).unwrap();
+        let out = ops::rope(&q, 1, 10000.0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&out[..4], &[1., 2., 3., 4.]); // position 0 is unrotated
         let (a0, a1) = (1.0f64, 1.0f64 / 100.0); // inv_freq = [1, 10000^(-1/2)]
         let want = [

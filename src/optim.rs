@@ -6,11 +6,14 @@
 
 use crate::config::OptimConfig;
 use crate::error::{Error, Result};
+use crate::kernels::adamw;
+use crate::kernels::ops::host;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 
 /// Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total` steps,
-/// flat after. `step` is 0-based: the lr used for the (step+1)-th update.
+/// flat after. `step` is 0-based: the lr used for the (step+1)-th update. In f64 with libm's
+/// cos, so the value is the same on every platform.
 pub fn lr_at(step: u64, o: &OptimConfig, total: u64) -> f64 {
     if step < o.warmup_steps {
         return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
@@ -19,7 +22,7 @@ pub fn lr_at(step: u64, o: &OptimConfig, total: u64) -> f64 {
         return o.min_lr;
     }
     let progress = (step - o.warmup_steps) as f64 / (total - o.warmup_steps) as f64;
-    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    let coeff = 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress));
     o.min_lr + coeff * (o.lr - o.min_lr)
 }
 
@@ -40,7 +43,7 @@ impl AdamW {
         Ok(AdamW { step: 0, m, v })
     }
 
-    /// One update. Params and grads are visited in sorted name order.
+    /// One update (`kernels::adamw::update`). Params and grads are visited in sorted name order.
     pub fn update(
         &mut self,
         params: &BTreeMap<String, Var>,
@@ -49,22 +52,18 @@ impl AdamW {
         o: &OptimConfig,
     ) -> Result<()> {
         self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - o.beta1.powi(t);
-        let bc2 = 1.0 - o.beta2.powi(t);
+        let s = adamw::Step::new(self.step, lr, o.beta1, o.beta2, o.eps);
         for (name, p) in params {
             let g = grads.get(name).ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
-            let m = (self.m[name].affine(o.beta1, 0.0)? + g.affine(1.0 - o.beta1, 0.0)?)?;
-            let v = (self.v[name].affine(o.beta2, 0.0)? + g.sqr()?.affine(1.0 - o.beta2, 0.0)?)?;
-            let update = (m.affine(1.0 / bc1, 0.0)? / (v.affine(1.0 / bc2, 0.0)?.sqrt()? + o.eps)?)?;
-            let mut w = p.as_tensor().clone();
+            let (mut w, g) = (host(p.as_tensor())?, host(g)?);
+            let (mut m, mut v) = (host(&self.m[name])?, host(&self.v[name])?);
             // Decoupled decay on matrices only; norm gains (1-D) are not decayed.
-            if p.rank() >= 2 && o.weight_decay > 0.0 {
-                w = w.affine(1.0 - lr * o.weight_decay, 0.0)?;
-            }
-            p.set(&(w - update.affine(lr, 0.0)?)?)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
+            let decay = if p.rank() >= 2 && o.weight_decay > 0.0 { (1.0 - lr * o.weight_decay) as f32 } else { 1.0 };
+            adamw::update(&mut w, &g, &mut m, &mut v, &s, decay);
+            let shape = p.dims().to_vec();
+            p.set(&Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?)?;
+            self.m.insert(name.clone(), Tensor::from_vec(m, shape.as_slice(), &Device::Cpu)?);
+            self.v.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?);
         }
         Ok(())
     }
@@ -112,11 +111,12 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of all gradients, summed in sorted name order (so it is reproducible).
+/// Global L2 norm of all gradients: each tensor's sum of squares in f64 (the kernels' 8-lane
+/// order), added in sorted name order, so it is reproducible.
 pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
-        total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += adamw::sum_squares(&host(g)?);
     }
     Ok(total.sqrt())
 }
@@ -125,9 +125,11 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
 pub fn clip(grads: &mut BTreeMap<String, Tensor>, max: f64) -> Result<f64> {
     let norm = grad_norm(grads)?;
     if max > 0.0 && norm > max {
-        let s = max / (norm + 1e-6);
+        let s = (max / (norm + 1e-6)) as f32;
         for g in grads.values_mut() {
-            *g = g.affine(s, 0.0)?;
+            let mut v = host(g)?;
+            adamw::scale(&mut v, s);
+            *g = Tensor::from_vec(v, g.dims(), &Device::Cpu)?;
         }
     }
     Ok(norm)

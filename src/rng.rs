@@ -5,7 +5,7 @@
 //!
 //! candle's CPU generator cannot be seeded, so `Tensor::randn` and friends are never used.
 
-use rand::{Rng, SeedableRng};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
@@ -23,22 +23,39 @@ pub fn stream(seed: u64, purpose: &str, key: &str) -> Stream {
 }
 
 /// A standard normal draw by Box-Muller, written out so the numbers depend only on ChaCha8
-/// (which is specified), not on a distribution crate's algorithm choices.
+/// (which is specified), not on a distribution crate's algorithm choices, and with libm's ln
+/// and cos (pure Rust, the same bits on every platform) instead of the platform's.
 pub fn normal(rng: &mut Stream) -> f32 {
     // u1 in (0, 1] so ln never sees 0.
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    let u1: f64 = 1.0 - unit(rng);
+    let u2: f64 = unit(rng);
+    ((-2.0 * libm::log(u1)).sqrt() * libm::cos(std::f64::consts::TAU * u2)) as f32
 }
 
-/// A uniform integer in [0, n).
+/// A uniform integer in [0, n), n > 0: Canon's multiply-and-add range reduction with one
+/// extra draw (bias below n / 2^128), written here so the draws never depend on a crate's
+/// internals. It is the same algorithm as rand 0.9's `random_range(0..n)` for u64, so corpora
+/// and batches drawn before this was written are unchanged (a test checks it).
+///   (hi, lo) = x * n as 128 bits; if lo > 2^64 - n: hi += carry(lo + high64(x' * n)).
 pub fn below(rng: &mut Stream, n: u64) -> u64 {
-    rng.random_range(0..n)
+    assert!(n > 0, "below(0)");
+    let wide = |x: u64| {
+        let p = x as u128 * n as u128;
+        ((p >> 64) as u64, p as u64)
+    };
+    let (mut hi, lo) = wide(rng.next_u64());
+    if lo > n.wrapping_neg() {
+        let (hi2, _) = wide(rng.next_u64());
+        if lo.checked_add(hi2).is_none() {
+            hi += 1;
+        }
+    }
+    hi
 }
 
-/// A uniform float in [0, 1).
+/// A uniform float in [0, 1): the top 53 bits of one u64 draw times 2^-53 (exact).
 pub fn unit(rng: &mut Stream) -> f64 {
-    rng.random::<f64>()
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 #[cfg(test)]
@@ -57,6 +74,23 @@ mod tests {
         let mut s3 = stream(2, "batch", "7");
         let z: Vec<u64> = (0..8).map(|_| below(&mut s3, 1 << 40)).collect();
         assert_ne!(x, z);
+    }
+
+    #[test]
+    fn below_and_unit_match_rand_0_9() {
+        // Our reductions are rand 0.9's algorithms, so data drawn before they were written
+        // (the builtin corpus, batch offsets) is unchanged.
+        use rand::Rng;
+        for n in [1u64, 2, 3, 7, 1000, (1 << 40) + 3, u64::MAX / 3 * 2, u64::MAX] {
+            let (mut a, mut b) = (stream(4, "t", &n.to_string()), stream(4, "t", &n.to_string()));
+            for _ in 0..2000 {
+                assert_eq!(below(&mut a, n), b.random_range(0..n), "n = {n}");
+            }
+        }
+        let (mut a, mut b) = (stream(5, "t", ""), stream(5, "t", ""));
+        for _ in 0..1000 {
+            assert_eq!(unit(&mut a).to_bits(), b.random::<f64>().to_bits());
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn pick(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Stream) ->
         idx.truncate(top_k);
     }
     let max = logits[idx[0]] as f64;
-    let weights: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / temperature).exp()).collect();
+    let weights: Vec<f64> = idx.iter().map(|&i| libm::exp((logits[i] as f64 - max) / temperature)).collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng::unit(rng) * total;
     for (k, w) in weights.iter().enumerate() {

@@ -69,7 +69,7 @@ pub fn evaluate(model: &Llama, val: &[u16], tok: &Tok, cfg: &Config) -> Result<E
         bytes += y.to_vec1::<u32>()?.iter().map(|&id| tok.byte_len(id) as u64).sum::<u64>();
     }
     let loss = nats / tokens as f64;
-    Ok(EvalResult { loss, ppl: loss.exp(), bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64 })
+    Ok(EvalResult { loss, ppl: libm::exp(loss), bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64 })
 }
 
 /// Inputs (B, T) and flattened targets (B*T) for windows starting at `offsets`.
