@@ -37,6 +37,9 @@ pub struct State {
     pub data: BTreeMap<String, String>,
     /// SHA-256 of every other file in the directory.
     pub files: BTreeMap<String, String>,
+    /// The numerics contract that computed it (empty: written before contracts existed).
+    #[serde(default)]
+    pub numerics: String,
 }
 
 pub fn dir_name(step: u64) -> String {
@@ -297,6 +300,7 @@ mod tests {
             val_loss: None,
             data: BTreeMap::new(),
             files: BTreeMap::new(),
+            numerics: crate::kernels::CONTRACT_VERSION.into(),
         };
         let bytes = to_safetensors(&t).unwrap();
         let files = [(MODEL_FILE, bytes.clone()), (OPTIM_FILE, bytes), (CONFIG_FILE, b"".to_vec())];

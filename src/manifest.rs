@@ -29,6 +29,13 @@ pub struct Session {
     pub cpu_model: String,
     pub build: Build,
     pub overrides: Vec<String>,
+    /// The numerics contract the session computed under (`kernels::CONTRACT_VERSION`; empty
+    /// in manifests written before contracts existed).
+    #[serde(default)]
+    pub numerics: String,
+    /// The kernel dispatch path it took: "avx2-fma", "neon" or "scalar" (same bits on each).
+    #[serde(default)]
+    pub kernels: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -145,7 +145,8 @@ impl Llama {
             // SwiGLU: down(silu(gate(h)) * up(h))
             let gate = ops::linear(&h, p("mlp.gate_proj")?)?; // (B, T, F)
             let up = ops::linear(&h, p("mlp.up_proj")?)?; // (B, T, F)
-            x = (x + ops::linear(&ops::swiglu(&gate, &up)?, p("mlp.down_proj")?)?)?; // (B, T, C)
+            x = (x + ops::linear(&ops::swiglu(&gate, &up)?, p("mlp.down_proj")?)?)?;
+            // (B, T, C)
         }
         let x = ops::rms_norm(&x, self.p("model.norm.weight")?, d.norm_eps)?;
         Ok(ops::linear(&x, self.p("lm_head.weight")?)?) // (B, T, V)
@@ -233,7 +234,10 @@ mod tests {
     #[test]
     fn rope_matches_rotate_half_by_hand() {
         // One head, Dh = 4, position 1: HF's q_embed = q*cos + rotate_half(q)*sin.
-        let q = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7., 8.], &Device::Cpu).unwrap().reshape((1, 2, 4)).unwrap();
+        let q = Tensor::new(&[1f32, 2., 3., 4., 5., 6., 7., 8.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 4))
+            .unwrap();
         let out = ops::rope(&q, 1, 10000.0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&out[..4], &[1., 2., 3., 4.]); // position 0 is unrotated
         let (a0, a1) = (1.0f64, 1.0f64 / 100.0); // inv_freq = [1, 10000^(-1/2)]

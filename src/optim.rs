@@ -58,7 +58,8 @@ impl AdamW {
             let (mut w, g) = (host(p.as_tensor())?, host(g)?);
             let (mut m, mut v) = (host(&self.m[name])?, host(&self.v[name])?);
             // Decoupled decay on matrices only; norm gains (1-D) are not decayed.
-            let decay = if p.rank() >= 2 && o.weight_decay > 0.0 { (1.0 - lr * o.weight_decay) as f32 } else { 1.0 };
+            let decay =
+                if p.rank() >= 2 && o.weight_decay > 0.0 { (1.0 - lr * o.weight_decay) as f32 } else { 1.0 };
             adamw::update(&mut w, &g, &mut m, &mut v, &s, decay);
             let shape = p.dims().to_vec();
             p.set(&Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?)?;

@@ -183,6 +183,17 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
         .into_iter()
         .map(|(k, a, b)| format!("  {k}: checkpoint has {a}, now {b}"))
         .collect();
+    if loaded.state.numerics != crate::kernels::CONTRACT_VERSION {
+        let was = if loaded.state.numerics.is_empty() {
+            "(before numerics contracts)"
+        } else {
+            &loaded.state.numerics
+        };
+        diffs.push(format!(
+            "  numerics contract: checkpoint has {was}, now {} (docs/numerics.md)",
+            crate::kernels::CONTRACT_VERSION
+        ));
+    }
     let now = data_hashes(&DataRecord::from_meta(&cfg.data.source, &prepared.meta));
     for (k, want) in &loaded.state.data {
         let got = now.get(k).cloned().unwrap_or_default();
@@ -468,6 +479,8 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         cpu_model: manifest::cpu_model(),
         build: manifest::build_info(),
         overrides: args.overrides.clone(),
+        numerics: crate::kernels::CONTRACT_VERSION.into(),
+        kernels: crate::kernels::dispatch_path().into(),
     });
     manifest.save(&rd.path)?;
     let mut metrics = rd.metrics(start)?;
@@ -479,6 +492,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         val_loss,
         files: BTreeMap::new(),
         data: data_hashes(&m.data),
+        numerics: crate::kernels::CONTRACT_VERSION.into(),
     };
 
     // 3. The loop.

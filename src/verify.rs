@@ -60,6 +60,38 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// First divergence: (step, tensor, max abs diff), when the original weights are on disk.
     pub divergence: Option<String>,
+    /// Lines printed above the table: the numerics contract and kernel paths the run recorded
+    /// and the ones this binary uses.
+    pub notes: Vec<String>,
+}
+
+/// What the manifest says the run computed under, against this binary.
+fn numerics_notes(m: &Manifest) -> Vec<String> {
+    let here = crate::kernels::CONTRACT_VERSION;
+    let mut seen: Vec<String> = Vec::new();
+    for s in &m.sessions {
+        let n = if s.numerics.is_empty() {
+            "(before numerics contracts)".to_string()
+        } else {
+            s.numerics.clone()
+        };
+        let k = if s.kernels.is_empty() { "library kernels".to_string() } else { s.kernels.clone() };
+        let line = format!("{n} ({k})");
+        if !seen.contains(&line) {
+            seen.push(line);
+        }
+    }
+    let mut notes = vec![format!(
+        "numerics: the run recorded {}; this binary computes {here} ({})",
+        seen.join(", "),
+        crate::kernels::dispatch_path()
+    )];
+    if m.sessions.iter().any(|s| s.numerics != here) {
+        notes.push(format!(
+            "note: part of this run was computed under another numerics contract than {here}, so re-executed weights are expected to differ; see docs/numerics.md"
+        ));
+    }
+    notes
 }
 
 impl Report {
@@ -76,7 +108,8 @@ impl Report {
             }
         };
         let w = self.rows.iter().map(|r| r.artifact.len()).max().unwrap_or(8).max(8);
-        let mut s = format!("{:<w$}  {:<16}  {:<16}  match\n", "artifact", "recorded", "recomputed");
+        let mut s: String = self.notes.iter().map(|n| format!("{n}\n")).collect();
+        s += &format!("{:<w$}  {:<16}  {:<16}  match\n", "artifact", "recorded", "recomputed");
         for r in &self.rows {
             s += &format!(
                 "{:<w$}  {:<16}  {:<16}  {}\n",
@@ -281,7 +314,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     })?;
     let mut rows = check_files_in(&layout, &m);
     if a.files_only {
-        return Ok(Report { rows, divergence: None });
+        return Ok(Report { rows, divergence: None, notes: numerics_notes(&m) });
     }
     if !rows[0].ok() {
         return Err(Error::hint(
@@ -386,5 +419,5 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             rows.push(Row::new(format!("rerun {}/{name}", c.dir), want.clone(), got));
         }
     }
-    Ok(Report { rows, divergence })
+    Ok(Report { rows, divergence, notes: numerics_notes(&m) })
 }

@@ -57,7 +57,15 @@ fn golden_hash(d: &Dir, kernels: &str, threads: u32) -> String {
     std::fs::write(d.path("golden.toml"), GOLDEN).unwrap();
     let run = format!("runs/{kernels}-{threads}");
     let out = d
-        .cmd(&["train", "--config", "golden.toml", "--run-dir", &run, "--set", &format!("run.threads={threads}")])
+        .cmd(&[
+            "train",
+            "--config",
+            "golden.toml",
+            "--run-dir",
+            &run,
+            "--set",
+            &format!("run.threads={threads}"),
+        ])
         .env("TINYLM_KERNELS", kernels)
         .output()
         .unwrap();

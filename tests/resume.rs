@@ -250,6 +250,19 @@ fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
     assert_eq!(c["files"]["model.safetensors"], sum("runs/a/step-00000010/model.safetensors"));
     assert_eq!(c["files"]["state.json"], sum("runs/a/step-00000010/state.json"));
     assert_eq!(m["config_sha256"], sum("runs/a/config.toml"));
+    // Each session records the numerics contract and the kernel path, and verify names them.
+    assert_eq!(s["numerics"], "tinylm-numerics-v1");
+    assert!(s["kernels"].as_str().is_some_and(|k| ["avx2-fma", "neon", "scalar"].contains(&k)));
+    let o = d.run(&["verify", "runs/a", "--files-only"]);
+    assert!(stdout(&o).contains("numerics: the run recorded tinylm-numerics-v1 ("), "{}", stdout(&o));
+    // A checkpoint computed under another contract is not resumed as if it were this one.
+    std::fs::remove_file(d.path("runs/a/manifest.json")).unwrap();
+    let sp = d.path("runs/a/step-00000010/state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&bytes(&sp)).unwrap();
+    st["numerics"] = "tinylm-numerics-v0".into();
+    std::fs::write(&sp, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    let o = d.try_train("runs/a", &["--resume", "--set", "train.steps=10"]);
+    assert_clean_error(&o, "numerics contract: checkpoint has tinylm-numerics-v0, now tinylm-numerics-v1");
     // A missing run directory is an error (exit 2), not a mismatch.
     assert_clean_error(&d.run(&["verify", "runs/none"]), "run directory runs/none does not exist");
 }

@@ -406,7 +406,7 @@ fn kill_9_twenty_times_then_resume() {
     let d = Dir::new("kill20");
     let sets = [
         "--set",
-        "train.steps=300",
+        "train.steps=400",
         "--set",
         "eval.every=0",
         "--set",
@@ -441,7 +441,7 @@ fn kill_9_twenty_times_then_resume() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(150 + x % 400));
+        std::thread::sleep(Duration::from_millis(40 + x % 260));
         let _ = child.kill();
         let status = child.wait().unwrap();
         let e = reader.join().unwrap();
@@ -466,8 +466,8 @@ fn kill_9_twenty_times_then_resume() {
     let done = o.status.success() || stderr(&o).contains("nothing to do");
     assert!(done, "{}", stderr(&o));
     assert_eq!(
-        weights(&d.path("runs/k"), 300),
-        weights(&d.path("runs/straight"), 300),
+        weights(&d.path("runs/k"), 400),
+        weights(&d.path("runs/straight"), 400),
         "after {kills} kills"
     );
     files_only_ok(&d, "runs/k");

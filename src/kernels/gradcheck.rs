@@ -24,8 +24,12 @@ fn check(
     op: impl Fn(&[Tensor]) -> Tensor,
     reference: impl Fn(&[Vec<f64>]) -> Vec<f64>,
 ) {
-    let vars: Vec<Var> =
-        inputs.iter().map(|(d, s)| Var::from_tensor(&Tensor::from_vec(d.clone(), s.as_slice(), &Device::Cpu).unwrap()).unwrap()).collect();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|(d, s)| {
+            Var::from_tensor(&Tensor::from_vec(d.clone(), s.as_slice(), &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = op(&ts);
     let yv = ops::host(&y).unwrap();
@@ -41,7 +45,9 @@ fn check(
     }
     let loss = |x: &[Vec<f64>]| reference(x).iter().zip(&r).map(|(y, r)| y * *r as f64).sum::<f64>();
     for (k, v) in vars.iter().enumerate() {
-        let g = ops::host(grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no grad for input {k}"))).unwrap();
+        let g =
+            ops::host(grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no grad for input {k}")))
+                .unwrap();
         let mut fd = vec![0f64; g.len()];
         let mut x = x64.clone();
         for (j, f) in fd.iter_mut().enumerate() {
@@ -151,13 +157,15 @@ fn causal_attention_backward() {
                 for head in 0..h {
                     let at = |m: &Vec<f64>, i: usize, d: usize| m[(bi * t + i) * c + head * hd + d];
                     for i in 0..t {
-                        let s: Vec<f64> =
-                            (0..=i).map(|j| (0..hd).map(|d| at(q, i, d) * at(k, j, d)).sum::<f64>() * scale).collect();
+                        let s: Vec<f64> = (0..=i)
+                            .map(|j| (0..hd).map(|d| at(q, i, d) * at(k, j, d)).sum::<f64>() * scale)
+                            .collect();
                         let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                         let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
                         let z: f64 = e.iter().sum();
                         for d in 0..hd {
-                            y[(bi * t + i) * c + head * hd + d] = (0..=i).map(|j| e[j] / z * at(v, j, d)).sum();
+                            y[(bi * t + i) * c + head * hd + d] =
+                                (0..=i).map(|j| e[j] / z * at(v, j, d)).sum();
                         }
                     }
                 }
@@ -198,7 +206,12 @@ fn cross_entropy_backward() {
         },
     );
     // The per-token losses agree with the mean.
-    let logits = Tensor::from_vec(randn(rows * v, 11).iter().map(|x| x * 3.0).collect::<Vec<f32>>(), (rows, v), &Device::Cpu).unwrap();
+    let logits = Tensor::from_vec(
+        randn(rows * v, 11).iter().map(|x| x * 3.0).collect::<Vec<f32>>(),
+        (rows, v),
+        &Device::Cpu,
+    )
+    .unwrap();
     let per = ops::token_losses(&logits, &tt).unwrap();
     let mean = ops::cross_entropy(&logits, &tt).unwrap().to_scalar::<f32>().unwrap();
     assert!((per.iter().map(|&l| l as f64).sum::<f64>() / rows as f64 - mean as f64).abs() < 1e-6);

@@ -54,7 +54,16 @@ pub fn matmul_serial(a: MatRef, b: MatRef, c: &mut [f32], m: usize, n: usize, k:
 
 /// As `matmul` on an explicit path (tests compare the paths).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_with(path: Path, a: MatRef, b: MatRef, c: &mut [f32], m: usize, n: usize, k: usize, parallel: bool) {
+pub fn matmul_with(
+    path: Path,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) {
     assert_eq!(c.len(), m * n, "matmul: C has {} elements, want {m} x {n}", c.len());
     assert!(path.available(), "matmul: the {} path is not available on this CPU", path.name());
     if m == 0 || n == 0 {
@@ -197,11 +206,13 @@ fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize
                     micro(path, kc, am, bpanel, bs, cs, n, load);
                 } else {
                     for r in 0..h {
-                        edge[r * NR..r * NR + w].copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
+                        edge[r * NR..r * NR + w]
+                            .copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
                     }
                     micro(path, kc, am, bpanel, bs, &mut edge, NR, load);
                     for r in 0..h {
-                        c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w].copy_from_slice(&edge[r * NR..r * NR + w]);
+                        c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]
+                            .copy_from_slice(&edge[r * NR..r * NR + w]);
                     }
                 }
             }
@@ -230,10 +241,14 @@ fn micro(path: Path, kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ld
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_with` checked that the CPU has AVX2 and FMA; the bounds are asserted.
-        Path::Avx2 => unsafe { micro_avx2(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load) },
+        Path::Avx2 => unsafe {
+            micro_avx2(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `matmul_with` checked that the CPU has NEON; the bounds are asserted.
-        Path::Neon => unsafe { micro_neon(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load) },
+        Path::Neon => unsafe {
+            micro_neon(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load)
+        },
         _ => micro_scalar(kc, a, b, bs, c, ldc, load),
     }
 }
@@ -302,7 +317,8 @@ unsafe fn micro_avx2(
     let [mut c30, mut c31] = acc[3];
     let [mut c40, mut c41] = acc[4];
     let [mut c50, mut c51] = acc[5];
-    let (a0, a1, a2, a3, a4, a5) = (a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars));
+    let (a0, a1, a2, a3, a4, a5) =
+        (a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars));
     for kk in 0..kc {
         let b0 = _mm256_loadu_ps(b.add(kk * bs));
         let b1 = _mm256_loadu_ps(b.add(kk * bs + 8));

@@ -9,8 +9,8 @@
 use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
 use super::matmul::{matmul, matmul_serial, MatRef};
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, StorageRef,
-    Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    StorageRef, Tensor,
 };
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -73,7 +73,13 @@ impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "tinylm-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
         let dims = l1.dims();
         let k = *dims.last().unwrap_or(&0);
@@ -88,7 +94,13 @@ impl CustomOp2 for Linear {
         *out.last_mut().unwrap_or(&mut 0) = n;
         Ok((CpuStorage::F32(y), Shape::from(out)))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, k) = w.dims2()?;
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
         let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
@@ -125,7 +137,13 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "tinylm-rms-norm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
         let c = w.len();
         if l1.dims().last() != Some(&c) {
@@ -143,7 +161,13 @@ impl CustomOp2 for RmsNorm {
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
         let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
         let (xs, ws, dys) = (xv.data(), wv.data(), dyv.data());
@@ -434,20 +458,34 @@ impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "tinylm-swiglu"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
         if l1.dims() != l2.dims() {
             bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
         let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(16384).zip(g.par_chunks(16384)).zip(u.par_chunks(16384)).for_each(|((yb, gb), ub)| {
-            for i in 0..yb.len() {
-                yb[i] = (gb[i] * sigmoid(gb[i])) * ub[i];
-            }
-        });
+        y.par_chunks_mut(16384).zip(g.par_chunks(16384)).zip(u.par_chunks(16384)).for_each(
+            |((yb, gb), ub)| {
+                for i in 0..yb.len() {
+                    yb[i] = (gb[i] * sigmoid(gb[i])) * ub[i];
+                }
+            },
+        );
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
-    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
         let (gv, uv, dyv) = (view(&g)?, view(&u)?, view(&dy)?);
         let (gs, us, dys) = (gv.data(), uv.data(), dyv.data());
@@ -514,7 +552,13 @@ impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
         "tinylm-cross-entropy"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32s(self.name(), s1, l1)?;
         let (n, v) = l1.shape().dims2()?;
         let tg = targets(self.name(), s2, l2, v)?;
@@ -526,7 +570,13 @@ impl CustomOp2 for CrossEntropy {
         let mean = sum_map_f64(n, |i| losses[i] as f64) / n.max(1) as f64;
         Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
     }
-    fn bwd(&self, x: &Tensor, tg: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        tg: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, v) = x.dims2()?;
         let x = x.contiguous()?;
         let xv = view(&x)?;

@@ -389,7 +389,7 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             "restore the files (or retrain); `tinylm verify --files-only` shows the table",
         ));
     }
-    let verify_table = crate::verify::Report { rows, divergence: None }.table();
+    let verify_table = crate::verify::Report { rows, divergence: None, notes: Vec::new() }.table();
 
     let lic = Licenses {
         code: check_license("--code-license", &a.code_license, false)?,
