@@ -7,18 +7,6 @@ use util::*;
 
 const DATE: &str = "2026-01-02";
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
 
 /// Train the tiny config into runs/a and release it into `out`. The test binary may be built
 /// from a tree with uncommitted changes, so --allow-dirty; a clean build ignores it.

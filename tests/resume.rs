@@ -1,31 +1,11 @@
 //! Exact resume, interruption and `tinylm verify`, each on the real binary with a tiny config.
 
 mod util;
-use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::*;
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
 
-fn wait_for(p: &Path, limit: Duration) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(t.elapsed() < limit, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn resume_from_any_checkpoint_matches_a_straight_run() {

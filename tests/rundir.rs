@@ -45,13 +45,6 @@ fn recorded_steps(m: &serde_json::Value) -> Vec<(u64, bool)> {
         .collect()
 }
 
-fn wait_for(p: &Path, limit: Duration) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(t.elapsed() < limit, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Run a printed `tinylm train ...` command line (paths without spaces) in the test directory.
 fn run_printed(d: &Dir, line: &str) -> std::process::Output {

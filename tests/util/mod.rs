@@ -124,3 +124,26 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
     let first = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(first.contains(needle), "want {needle:?} in the first error line: {first}");
 }
+
+/// Copy a directory tree.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// Wait until `p` exists, at most `limit`.
+pub fn wait_for(p: &Path, limit: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while !p.exists() {
+        assert!(t.elapsed() < limit, "{} never appeared", p.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
