@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=${1:-../shared/data/tinyshakespeare.txt}
 run=${2:-checkpoints/shakespeare}
-cargo build --release -q
+cargo build --release --locked -q
 start=$(date +%s)
 target/release/tinylm train --config configs/shakespeare.toml --run-dir "$run" --set "data.path=$corpus"
 end=$(date +%s)

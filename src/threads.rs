@@ -3,7 +3,8 @@
 //! (`CANDLE_NUM_THREADS=1`) and gives the matmul pool (rayon's, sized by `RAYON_NUM_THREADS`) the
 //! configured count. This must run before candle first reads either variable, so `main` calls it
 //! before any tensor work.
-//! The count never reaches the weights: gemm splits work over output blocks only.
+//! The count never reaches the weights: tinylm's kernels split work over output rows only
+//! (docs/numerics.md).
 
 pub fn configure(threads: usize) {
     let n = threads.max(1);

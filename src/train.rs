@@ -501,8 +501,9 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     let tokens_per_step = (b * t) as u64 * accum;
     let dims = trainer.model.dims;
     say(&format!(
-        "model: {} parameters ({} layers, d_model {}, {} heads, vocab {}); {} tokens/step; {} train tokens; threads {}",
-        trainer.model.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads()
+        "model: {} parameters ({} layers, d_model {}, {} heads, vocab {}); {} tokens/step; {} train tokens; threads {}; numerics {} ({})",
+        trainer.model.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads(),
+        crate::kernels::CONTRACT_VERSION, crate::kernels::dispatch_path()
     ));
     say(&format!(
         "run directory {}; if stopped, continue with: {}",
