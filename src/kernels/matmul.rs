@@ -73,7 +73,7 @@ pub fn matmul_with(
         c.fill(0.0);
         return;
     }
-    let bp = Panels::new(b, n, k);
+    let bp = Panels::new(b, n, k, parallel && rayon::current_num_threads() > 1);
     // Row blocks: a multiple of MR, about 4 per thread. Only the schedule depends on it.
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let tiles = m.div_ceil(MR);
@@ -102,20 +102,20 @@ struct Panels<'a> {
 }
 
 impl<'a> Panels<'a> {
-    fn new(b: MatRef<'a>, n: usize, k: usize) -> Panels<'a> {
-        let direct = b.cs == 1;
+    /// Packs every panel (a strided panel read in place thrashes L1: a row stride of 4 KiB
+    /// puts all of its k rows in one cache set). Copies only; the panels are split over the
+    /// pool when `parallel`.
+    fn new(b: MatRef<'a>, n: usize, k: usize, parallel: bool) -> Panels<'a> {
+        let direct = false;
         let panels = n.div_ceil(NR);
-        let first = if direct { n / NR } else { 0 };
-        let mut packed = vec![0f32; (panels - first) * k * NR];
-        for (pi, panel) in packed.chunks_mut(k * NR).enumerate() {
-            let j0 = (first + pi) * NR;
+        let mut packed = vec![0f32; panels * k * NR];
+        let pack = |(pi, panel): (usize, &mut [f32])| {
+            let j0 = pi * NR;
             let w = NR.min(n - j0);
             if b.cs == 1 {
                 for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
                     let src = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = *s;
-                    }
+                    dst[..w].copy_from_slice(src);
                 }
             } else {
                 for jj in 0..w {
@@ -125,6 +125,11 @@ impl<'a> Panels<'a> {
                     }
                 }
             }
+        };
+        if parallel && panels > 1 && k * n >= 1 << 16 {
+            packed.par_chunks_mut(k * NR).enumerate().for_each(pack);
+        } else {
+            packed.chunks_mut(k * NR).enumerate().for_each(pack);
         }
         Panels { b, direct, packed, n, k }
     }
@@ -169,6 +174,7 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
 fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
     let tiles = mb.div_ceil(MR);
     let panels = n.div_ceil(NR);
+    // A is always packed into contiguous [k][6] tiles per k-block (reused by every panel).
     let direct_a = a.cs == 1;
     let mut ap = vec![0f32; if direct_a { KC.min(k) * MR } else { tiles * KC.min(k) * MR }];
     let mut edge = [0f32; MR * NR];
