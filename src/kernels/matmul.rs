@@ -113,9 +113,17 @@ impl<'a> Panels<'a> {
             let j0 = pi * NR;
             let w = NR.min(n - j0);
             if b.cs == 1 {
-                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    let src = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
-                    dst[..w].copy_from_slice(src);
+                if w == NR {
+                    // A fixed-length copy: inline moves, not a memcpy call per 16 floats.
+                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src: &[f32; NR] = b.data[kk * b.rs + j0..kk * b.rs + j0 + NR].try_into().unwrap();
+                        let dst: &mut [f32; NR] = dst.try_into().unwrap();
+                        *dst = *src;
+                    }
+                } else {
+                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
+                    }
                 }
             } else {
                 for jj in 0..w {
@@ -151,7 +159,15 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
     if h < MR {
         tile.fill(0.0);
     }
-    if a.rs == 1 {
+    if a.rs == 1 && h == MR {
+        // A fixed-length copy: inline moves, not a memcpy call per 6 floats.
+        for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
+            let o = (k0 + kk) * a.cs + r0;
+            let src: &[f32; MR] = a.data[o..o + MR].try_into().unwrap();
+            let dst: &mut [f32; MR] = dst.try_into().unwrap();
+            *dst = *src;
+        }
+    } else if a.rs == 1 {
         for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
             let o = (k0 + kk) * a.cs + r0;
             for (d, s) in dst.iter_mut().zip(&a.data[o..o + h]) {
