@@ -6,9 +6,9 @@
 //! same bits, and they depend on nothing but A and B.
 //!
 //! Layout: a microkernel keeps a 6 x 16 tile of C in registers, broadcasts A[i, k] and fmas it
-//! with B[k, j..j+16]. Row-major operands are read in place; others (and partial edge tiles)
-//! are packed into `[k][16]` panels of B and `[k][6]` tiles of A, zero-padded. Padding only
-//! feeds rows and columns that are thrown away.
+//! with B[k, j..j+16]. B is always packed into contiguous `[k][16]` panels (zero-padded); a
+//! row-major A is read in place, other layouts (and partial edge tiles) are packed into `[k][6]`
+//! tiles of A, zero-padded. Padding only feeds rows and columns that are thrown away.
 
 use super::Path;
 use rayon::prelude::*;
@@ -90,23 +90,17 @@ pub fn matmul_with(
     }
 }
 
-/// Where the microkernel reads B: row-major B is read in place (16 contiguous columns per k),
-/// any other layout, and the last partial panel, from a packed copy of k x 16, zero-padded.
-struct Panels<'a> {
-    b: MatRef<'a>,
-    direct: bool,
-    /// Packed panels: all of them, or only the last one when `direct`.
+/// Where the microkernel reads B: a packed copy of every k x 16 panel, zero-padded.
+struct Panels {
     packed: Vec<f32>,
-    n: usize,
     k: usize,
 }
 
-impl<'a> Panels<'a> {
+impl Panels {
     /// Packs every panel (a strided panel read in place thrashes L1: a row stride of 4 KiB
     /// puts all of its k rows in one cache set). Copies only; the panels are split over the
     /// pool when `parallel`.
-    fn new(b: MatRef<'a>, n: usize, k: usize, parallel: bool) -> Panels<'a> {
-        let direct = false;
+    fn new(b: MatRef, n: usize, k: usize, parallel: bool) -> Panels {
         let panels = n.div_ceil(NR);
         let mut packed = vec![0f32; panels * k * NR];
         let pack = |(pi, panel): (usize, &mut [f32])| {
@@ -139,18 +133,12 @@ impl<'a> Panels<'a> {
         } else {
             packed.chunks_mut(k * NR).enumerate().for_each(pack);
         }
-        Panels { b, direct, packed, n, k }
+        Panels { packed, k }
     }
 
     /// Panel p from k0 on: (data, stride between consecutive k).
     fn get(&self, p: usize, k0: usize) -> (&[f32], usize) {
-        let j0 = p * NR;
-        if self.direct && j0 + NR <= self.n {
-            (&self.b.data[k0 * self.b.rs + j0..], self.b.rs)
-        } else {
-            let q = if self.direct { 0 } else { p };
-            (&self.packed[(q * self.k + k0) * NR..], NR)
-        }
+        (&self.packed[(p * self.k + k0) * NR..], NR)
     }
 }
 
