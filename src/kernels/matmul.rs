@@ -6,9 +6,9 @@
 //! same bits, and they depend on nothing but A and B.
 //!
 //! Layout: a microkernel keeps a 6 x 16 tile of C in registers, broadcasts A[i, k] and fmas it
-//! with B[k, j..j+16]. Row-major operands are read in place; others (and partial edge tiles)
-//! are packed into `[k][16]` panels of B and `[k][6]` tiles of A, zero-padded. Padding only
-//! feeds rows and columns that are thrown away.
+//! with B[k, j..j+16]. B is always packed into contiguous `[k][16]` panels (zero-padded); a
+//! row-major A is read in place, other layouts (and partial edge tiles) are packed into `[k][6]`
+//! tiles of A, zero-padded. Padding only feeds rows and columns that are thrown away.
 
 use super::Path;
 use rayon::prelude::*;
@@ -73,7 +73,7 @@ pub fn matmul_with(
         c.fill(0.0);
         return;
     }
-    let bp = Panels::new(b, n, k);
+    let bp = Panels::new(b, n, k, parallel && rayon::current_num_threads() > 1);
     // Row blocks: a multiple of MR, about 4 per thread. Only the schedule depends on it.
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let tiles = m.div_ceil(MR);
@@ -90,31 +90,33 @@ pub fn matmul_with(
     }
 }
 
-/// Where the microkernel reads B: row-major B is read in place (16 contiguous columns per k),
-/// any other layout, and the last partial panel, from a packed copy of k x 16, zero-padded.
-struct Panels<'a> {
-    b: MatRef<'a>,
-    direct: bool,
-    /// Packed panels: all of them, or only the last one when `direct`.
+/// Where the microkernel reads B: a packed copy of every k x 16 panel, zero-padded.
+struct Panels {
     packed: Vec<f32>,
-    n: usize,
     k: usize,
 }
 
-impl<'a> Panels<'a> {
-    fn new(b: MatRef<'a>, n: usize, k: usize) -> Panels<'a> {
-        let direct = b.cs == 1;
+impl Panels {
+    /// Packs every panel (a strided panel read in place thrashes L1: a row stride of 4 KiB
+    /// puts all of its k rows in one cache set). Copies only; the panels are split over the
+    /// pool when `parallel`.
+    fn new(b: MatRef, n: usize, k: usize, parallel: bool) -> Panels {
         let panels = n.div_ceil(NR);
-        let first = if direct { n / NR } else { 0 };
-        let mut packed = vec![0f32; (panels - first) * k * NR];
-        for (pi, panel) in packed.chunks_mut(k * NR).enumerate() {
-            let j0 = (first + pi) * NR;
+        let mut packed = vec![0f32; panels * k * NR];
+        let pack = |(pi, panel): (usize, &mut [f32])| {
+            let j0 = pi * NR;
             let w = NR.min(n - j0);
             if b.cs == 1 {
-                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    let src = &b.data[kk * b.rs + j0..kk * b.rs + j0 + w];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = *s;
+                if w == NR {
+                    // A fixed-length copy: inline moves, not a memcpy call per 16 floats.
+                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src: &[f32; NR] = b.data[kk * b.rs + j0..kk * b.rs + j0 + NR].try_into().unwrap();
+                        let dst: &mut [f32; NR] = dst.try_into().unwrap();
+                        *dst = *src;
+                    }
+                } else {
+                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
                     }
                 }
             } else {
@@ -125,19 +127,18 @@ impl<'a> Panels<'a> {
                     }
                 }
             }
+        };
+        if parallel && panels > 1 && k * n >= 1 << 16 {
+            packed.par_chunks_mut(k * NR).enumerate().for_each(pack);
+        } else {
+            packed.chunks_mut(k * NR).enumerate().for_each(pack);
         }
-        Panels { b, direct, packed, n, k }
+        Panels { packed, k }
     }
 
     /// Panel p from k0 on: (data, stride between consecutive k).
     fn get(&self, p: usize, k0: usize) -> (&[f32], usize) {
-        let j0 = p * NR;
-        if self.direct && j0 + NR <= self.n {
-            (&self.b.data[k0 * self.b.rs + j0..], self.b.rs)
-        } else {
-            let q = if self.direct { 0 } else { p };
-            (&self.packed[(q * self.k + k0) * NR..], NR)
-        }
+        (&self.packed[(p * self.k + k0) * NR..], NR)
     }
 }
 
@@ -146,7 +147,15 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
     if h < MR {
         tile.fill(0.0);
     }
-    if a.rs == 1 {
+    if a.rs == 1 && h == MR {
+        // A fixed-length copy: inline moves, not a memcpy call per 6 floats.
+        for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
+            let o = (k0 + kk) * a.cs + r0;
+            let src: &[f32; MR] = a.data[o..o + MR].try_into().unwrap();
+            let dst: &mut [f32; MR] = dst.try_into().unwrap();
+            *dst = *src;
+        }
+    } else if a.rs == 1 {
         for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
             let o = (k0 + kk) * a.cs + r0;
             for (d, s) in dst.iter_mut().zip(&a.data[o..o + h]) {
@@ -169,6 +178,7 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
 fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
     let tiles = mb.div_ceil(MR);
     let panels = n.div_ceil(NR);
+    // A is always packed into contiguous [k][6] tiles per k-block (reused by every panel).
     let direct_a = a.cs == 1;
     let mut ap = vec![0f32; if direct_a { KC.min(k) * MR } else { tiles * KC.min(k) * MR }];
     let mut edge = [0f32; MR * NR];
