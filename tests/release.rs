@@ -7,7 +7,6 @@ use util::*;
 
 const DATE: &str = "2026-01-02";
 
-
 /// Train the tiny config into runs/a and release it into `out`. The test binary may be built
 /// from a tree with uncommitted changes, so --allow-dirty; a clean build ignores it.
 fn trained_release(d: &Dir, out: &str) {

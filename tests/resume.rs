@@ -5,8 +5,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use util::*;
 
-
-
 #[test]
 fn resume_from_any_checkpoint_matches_a_straight_run() {
     let d = Dir::new("resume");

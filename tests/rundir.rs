@@ -45,7 +45,6 @@ fn recorded_steps(m: &serde_json::Value) -> Vec<(u64, bool)> {
         .collect()
 }
 
-
 /// Run a printed `tinylm train ...` command line (paths without spaces) in the test directory.
 fn run_printed(d: &Dir, line: &str) -> std::process::Output {
     let words: Vec<&str> = line.split_whitespace().collect();
