@@ -36,14 +36,19 @@ pub struct RunDir {
 fn lock(dir: &Path, exclusive: bool) -> Result<fs::File> {
     let p = dir.join(LOCK_FILE);
     let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).at(&p)?;
+    acquire(f, dir, exclusive, "wait for it to finish (or stop it), or use another --run-dir")
+}
+
+/// Take the lock on an open lock file of `dir`, or say who holds it.
+fn acquire(f: fs::File, dir: &Path, exclusive: bool, hint: &str) -> Result<fs::File> {
     let got = if exclusive { f.try_lock() } else { f.try_lock_shared() };
     match got {
         Ok(()) => Ok(f),
         Err(fs::TryLockError::WouldBlock) => Err(Error::hint(
             format!("run directory {} is in use by another tinylm process", dir.display()),
-            "wait for it to finish (or stop it), or use another --run-dir",
+            hint,
         )),
-        Err(fs::TryLockError::Error(e)) => Err(Error::Io { path: p, source: e }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::Io { path: dir.join(LOCK_FILE), source: e }),
     }
 }
 
@@ -138,14 +143,10 @@ impl RunDir {
         // (a release or a read-only copy stays byte for byte as it was).
         let p = path.join(LOCK_FILE);
         match fs::OpenOptions::new().read(true).open(&p) {
-            Ok(f) => match f.try_lock_shared() {
-                Ok(()) => Ok(RunDir { path: path.to_path_buf(), _lock: f }),
-                Err(fs::TryLockError::WouldBlock) => Err(Error::hint(
-                    format!("run directory {} is in use by another tinylm process", path.display()),
-                    "wait for the training to finish (or stop it), then verify",
-                )),
-                Err(fs::TryLockError::Error(e)) => Err(Error::Io { path: p, source: e }),
-            },
+            Ok(f) => Ok(RunDir {
+                path: path.to_path_buf(),
+                _lock: acquire(f, path, false, "wait for the training to finish (or stop it), then verify")?,
+            }),
             Err(_) => Ok(RunDir { path: path.to_path_buf(), _lock: fs::File::open(path).at(path)? }),
         }
     }

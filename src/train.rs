@@ -26,6 +26,7 @@ pub use crate::run::METRICS_FILE;
 
 /// Where a resume starts: the newest complete checkpoint of the run directory, or a given
 /// checkpoint directory.
+#[derive(Clone)]
 pub enum Resume {
     Latest,
     From(PathBuf),
@@ -411,9 +412,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             say(&format!("no checkpoint yet in {}: starting from step 0", args.run_dir.display()));
             None
         }
-        Some(Resume::Latest) => Some(Resume::Latest),
-        Some(Resume::From(p)) => Some(Resume::From(p.clone())),
-        None => None,
+        other => other.clone(),
     };
     let old_manifest = if resume.is_some() { old_manifest } else { None };
     let prepared = data::prepare(cfg, Path::new(&cfg.data.dir), &say)?;

@@ -116,17 +116,24 @@ pub fn sum(xs: &[f32]) -> f32 {
 /// `sum` of `f(i)` for i in 0..n.
 #[inline]
 pub fn sum_map(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut p = [0f32; 8];
+    sum8(n, f)
+}
+
+/// The fixed 8-lane order, for f32 and f64 alike: lane l takes i = l, l+8, ... in turn, then
+/// ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)).
+#[inline]
+fn sum8<T: Copy + Default + std::ops::Add<Output = T>>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut p = [T::default(); 8];
     let full = n / 8 * 8;
     let mut i = 0;
     while i < full {
         for (l, pl) in p.iter_mut().enumerate() {
-            *pl += f(i + l);
+            *pl = *pl + f(i + l);
         }
         i += 8;
     }
     for (l, pl) in p.iter_mut().enumerate().take(n - full) {
-        *pl += f(full + l);
+        *pl = *pl + f(full + l);
     }
     ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))
 }
@@ -140,19 +147,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The same 8-lane reduction in f64 (for the global gradient norm and loss totals).
 pub fn sum_map_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
-    let mut p = [0f64; 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for (l, pl) in p.iter_mut().enumerate() {
-            *pl += f(i + l);
-        }
-        i += 8;
-    }
-    for (l, pl) in p.iter_mut().enumerate().take(n - full) {
-        *pl += f(full + l);
-    }
-    ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))
+    sum8(n, f)
 }
 
 /// Maximum (exact in any order; NaN-propagating so a diverged run is not hidden).
