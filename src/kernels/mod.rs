@@ -16,6 +16,7 @@
 pub mod adamw;
 #[cfg(test)]
 mod gradcheck;
+pub mod layers;
 pub mod math;
 pub mod matmul;
 pub mod ops;

@@ -1,19 +1,17 @@
-//! The fused ops of a Llama training step as candle custom ops, each with a hand-written
-//! backward that itself runs only our kernels. candle keeps the graph, autograd and files; the
-//! arithmetic is ours. Shapes: N rows of width C, B batch, T time, H heads, Dh = C / H.
-//!
-//! Every loop over rows may run on any thread: a row's result never depends on the split.
-//! Row reductions use `math::sum_map` (fixed 8-lane order); column reductions (the gain
-//! gradient of RMSNorm) add rows sequentially in increasing row order.
+//! The fused ops of a Llama step as candle custom ops, each with a hand-written backward. The
+//! arithmetic lives in `layers` (plain slices), which the explicit training step
+//! (`crate::engine`) calls too; these wrappers only move data in and out of candle tensors.
+//! candle keeps the graph for inference, evaluation and the autograd reference in the tests.
+//! Shapes: N rows of width C, B batch, T time, H heads, Dh = C / H.
 
-use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
-use super::matmul::{matmul, matmul_serial, MatRef};
+use super::layers::{self, Attn};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
     StorageRef, Tensor,
 };
-use rayon::prelude::*;
 use std::sync::Arc;
+
+pub use layers::rope_tables;
 
 /// The contiguous f32 data of a custom op's input.
 fn f32s<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -59,11 +57,6 @@ fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// Row chunk for parallel loops over rows of width `c`: only the schedule depends on it.
-fn rows_per_task(c: usize) -> usize {
-    (16384 / c.max(1)).max(1)
-}
-
 // ---------------------------------------------------------------------------------------------
 // linear: y = x w^T
 
@@ -89,7 +82,7 @@ impl CustomOp2 for Linear {
         }
         let m = x.len() / k.max(1);
         let mut y = vec![0f32; m * n];
-        matmul(MatRef::rows(x, k), MatRef::t(w, k), &mut y, m, n, k);
+        layers::linear_fwd(x, w, &mut y, m, n, k);
         let mut out = dims.to_vec();
         *out.last_mut().unwrap_or(&mut 0) = n;
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -106,12 +99,10 @@ impl CustomOp2 for Linear {
         let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
         let (xs, ws, dys) = (xv.data(), wv.data(), dyv.data());
         let m = xs.len() / k;
-        // dX (M, K) = dY (M, N) W (N, K): the chain runs over n.
         let mut dx = vec![0f32; m * k];
-        matmul(MatRef::rows(dys, n), MatRef::rows(ws, k), &mut dx, m, k, n);
-        // dW (N, K) = dY^T (N, M) X (M, K): the chain runs over all M = B*T rows, one chain.
+        layers::linear_dx(dys, ws, &mut dx, m, n, k);
         let mut dw = vec![0f32; n * k];
-        matmul(MatRef::t(dys, n), MatRef::rows(xs, k), &mut dw, n, k, m);
+        layers::linear_dw(dys, xs, &mut dw, m, n, k);
         Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw, w.dims())?)))
     }
 }
@@ -126,11 +117,6 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct RmsNorm {
     eps: f32,
-}
-
-fn rms_inv(row: &[f32], eps: f32) -> f32 {
-    let ms = sum_map(row.len(), |i| row[i] * row[i]) / row.len() as f32;
-    1.0 / (ms + eps).sqrt()
 }
 
 impl CustomOp2 for RmsNorm {
@@ -150,15 +136,8 @@ impl CustomOp2 for RmsNorm {
             bail!("rms_norm: x {:?} and gain {:?} disagree", l1.dims(), l2.dims());
         }
         let mut y = vec![0f32; x.len()];
-        let rows = rows_per_task(c);
-        y.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(yb, xb)| {
-            for (yr, xr) in yb.chunks_mut(c).zip(xb.chunks(c)) {
-                let inv = rms_inv(xr, self.eps);
-                for i in 0..c {
-                    yr[i] = (xr[i] * inv) * w[i];
-                }
-            }
-        });
+        let mut inv = vec![0f32; x.len() / c.max(1)];
+        layers::rms_norm_fwd(x, w, self.eps, &mut y, &mut inv);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(
@@ -171,30 +150,10 @@ impl CustomOp2 for RmsNorm {
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
         let (xv, wv, dyv) = (view(&x)?, view(&w)?, view(&dy)?);
         let (xs, ws, dys) = (xv.data(), wv.data(), dyv.data());
-        let c = ws.len();
-        let eps = self.eps;
-        // dx = (dxhat - xhat * mean(dxhat * xhat)) * inv, with dxhat = dy * w, xhat = x * inv.
+        let inv = layers::rms_invs(xs, ws.len(), self.eps);
         let mut dx = vec![0f32; xs.len()];
-        let rows = rows_per_task(c);
-        dx.par_chunks_mut(rows * c).zip(xs.par_chunks(rows * c)).zip(dys.par_chunks(rows * c)).for_each(
-            |((db, xb), gb)| {
-                for ((dr, xr), gr) in db.chunks_mut(c).zip(xb.chunks(c)).zip(gb.chunks(c)) {
-                    let inv = rms_inv(xr, eps);
-                    let mu = sum_map(c, |i| (gr[i] * ws[i]) * (xr[i] * inv)) / c as f32;
-                    for i in 0..c {
-                        dr[i] = ((gr[i] * ws[i]) - (xr[i] * inv) * mu) * inv;
-                    }
-                }
-            },
-        );
-        // dw[i] = sum over rows, in increasing row order, of dy * xhat.
-        let mut dw = vec![0f32; c];
-        for (xr, gr) in xs.chunks(c).zip(dys.chunks(c)) {
-            let inv = rms_inv(xr, eps);
-            for i in 0..c {
-                dw[i] += gr[i] * (xr[i] * inv);
-            }
-        }
+        let mut dw = vec![0f32; ws.len()];
+        layers::rms_norm_bwd(xs, ws, &inv, dys, &mut dx, &mut dw);
         Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw, w.dims())?)))
     }
 }
@@ -207,23 +166,6 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // RoPE, HF's half-split layout: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin per head.
 
-/// cos and sin of pos * theta^(-2j/Dh) for pos < T, j < Dh/2, computed in f64 with libm (the
-/// same bits everywhere) and rounded once to f32. HF's tables repeat these for j + Dh/2.
-pub fn rope_tables(t: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = hd / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for pos in 0..t {
-        for j in 0..half {
-            let inv = 1.0 / libm::pow(theta, (2 * j) as f64 / hd as f64);
-            let a = pos as f64 * inv;
-            cos.push(libm::cos(a) as f32);
-            sin.push(libm::sin(a) as f32);
-        }
-    }
-    (cos, sin)
-}
-
 struct Rope {
     n_head: usize,
     cos: Arc<Vec<f32>>,
@@ -231,24 +173,9 @@ struct Rope {
 }
 
 impl Rope {
-    /// Rotate x (B, T, C) by the angle's (cos, sign * sin): sign -1 is the inverse (backward).
     fn rotate(&self, x: &[f32], t: usize, c: usize, sign: f32) -> Vec<f32> {
-        let hd = c / self.n_head;
-        let half = hd / 2;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(row, (yr, xr))| {
-            let pos = row % t;
-            let (cs, sn) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
-            for h in 0..self.n_head {
-                let o = h * hd;
-                for j in 0..half {
-                    let (x1, x2) = (xr[o + j], xr[o + half + j]);
-                    let s = sign * sn[j];
-                    yr[o + j] = x1 * cs[j] - x2 * s;
-                    yr[o + half + j] = x2 * cs[j] + x1 * s;
-                }
-            }
-        });
+        let mut y = x.to_vec();
+        layers::rope_apply(&mut y, t, c, self.n_head, &self.cos, &self.sin, sign);
         y
     }
 }
@@ -288,77 +215,13 @@ struct Attention {
     n_head: usize,
 }
 
-/// Geometry of one (batch, head): its offset into (B, T, C) data.
-#[derive(Clone, Copy)]
-struct Head {
-    t: usize,
-    c: usize,
-    hd: usize,
-    scale: f32,
-}
-
-impl Head {
-    fn base(&self, bh: usize, n_head: usize) -> usize {
-        (bh / n_head) * self.t * self.c + (bh % n_head) * self.hd
-    }
-    /// (T, Dh) rows of a (B, T, C) tensor from `base`.
-    fn rows<'a>(&self, d: &'a [f32], base: usize) -> MatRef<'a> {
-        MatRef { data: &d[base..], rs: self.c, cs: 1 }
-    }
-    /// The transpose (Dh, T) of `rows`.
-    fn cols<'a>(&self, d: &'a [f32], base: usize) -> MatRef<'a> {
-        MatRef { data: &d[base..], rs: 1, cs: self.c }
-    }
-
-    /// P (T, T): row i is softmax over j <= i of (q_i . k_j) * scale, zero for j > i.
-    fn probs(&self, q: &[f32], k: &[f32], base: usize) -> Vec<f32> {
-        let t = self.t;
-        let mut p = vec![0f32; t * t];
-        matmul_serial(self.rows(q, base), self.cols(k, base), &mut p, t, t, self.hd);
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            softmax_prefix(row, i + 1, self.scale);
-        }
-        p
-    }
-}
-
-/// In place: row[..len] = softmax(row[..len] * scale), row[len..] = 0.
-fn softmax_prefix(row: &mut [f32], len: usize, scale: f32) {
-    for x in row[..len].iter_mut() {
-        *x *= scale;
-    }
-    let m = math::max(&row[..len]);
-    for x in row[..len].iter_mut() {
-        *x = exp(*x - m);
-    }
-    let s = math::sum(&row[..len]);
-    for x in row[..len].iter_mut() {
-        *x /= s;
-    }
-    row[len..].fill(0.0);
-}
-
-/// Copy per-(batch, head) (T, Dh) blocks back into (B, T, C).
-fn scatter(blocks: &[Vec<f32>], g: Head, n_head: usize, len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    for (bh, blk) in blocks.iter().enumerate() {
-        let base = g.base(bh, n_head);
-        for i in 0..g.t {
-            out[base + i * g.c..base + i * g.c + g.hd].copy_from_slice(&blk[i * g.hd..(i + 1) * g.hd]);
-        }
-    }
-    out
-}
-
 impl Attention {
-    fn geometry(&self, dims: &[usize]) -> Result<(usize, Head)> {
+    fn geometry(&self, dims: &[usize]) -> Result<Attn> {
         let [b, t, c] = dims else { bail!("attention: want (B, T, C), got {dims:?}") };
-        let hd = c / self.n_head;
-        if hd * self.n_head != *c {
+        if !c.is_multiple_of(self.n_head) {
             bail!("attention: width {c} is not {} heads", self.n_head);
         }
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        Ok((b * self.n_head, Head { t: *t, c: *c, hd, scale }))
+        Ok(Attn { b: *b, t: *t, c: *c, n_head: self.n_head })
     }
 }
 
@@ -379,19 +242,11 @@ impl CustomOp3 for Attention {
         if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
             bail!("attention: q {:?}, k {:?}, v {:?} differ", l1.dims(), l2.dims(), l3.dims());
         }
-        let (nbh, g) = self.geometry(l1.dims())?;
-        let blocks: Vec<Vec<f32>> = (0..nbh)
-            .into_par_iter()
-            .map(|bh| {
-                let base = g.base(bh, self.n_head);
-                let p = g.probs(q, k, base);
-                // Y = P V: the chain runs over all j < T (the masked terms add fma(0, v, acc)).
-                let mut y = vec![0f32; g.t * g.hd];
-                matmul_serial(MatRef::rows(&p, g.t), g.rows(v, base), &mut y, g.t, g.hd, g.t);
-                y
-            })
-            .collect();
-        Ok((CpuStorage::F32(scatter(&blocks, g, self.n_head, q.len())), l1.shape().clone()))
+        let g = self.geometry(l1.dims())?;
+        let mut y = vec![0f32; q.len()];
+        let mut p = vec![0f32; g.probs_len()];
+        layers::attention_fwd(q, k, v, &mut y, &mut p, g);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     #[allow(clippy::type_complexity)]
     fn bwd(
@@ -402,45 +257,17 @@ impl CustomOp3 for Attention {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (nbh, g) = self.geometry(q.dims())?;
+        let g = self.geometry(q.dims())?;
         let (q, k, v, dy) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, dy.contiguous()?);
         let (qv, kv, vv, dyv) = (view(&q)?, view(&k)?, view(&v)?, view(&dy)?);
         let (qs, ks, vs, dys) = (qv.data(), kv.data(), vv.data(), dyv.data());
-        let t = g.t;
-        let grads: Vec<[Vec<f32>; 3]> = (0..nbh)
-            .into_par_iter()
-            .map(|bh| {
-                let base = g.base(bh, self.n_head);
-                let p = g.probs(qs, ks, base);
-                // dP (T, T) = dY V^T
-                let mut dp = vec![0f32; t * t];
-                matmul_serial(g.rows(dys, base), g.cols(vs, base), &mut dp, t, t, g.hd);
-                // dV (T, Dh) = P^T dY
-                let mut dv = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::t(&p, t), g.rows(dys, base), &mut dv, t, g.hd, t);
-                // dS = P * (dP - sum_j P dP) * scale on j <= i, 0 above.
-                let mut ds = dp;
-                for i in 0..t {
-                    let (pr, dr) = (&p[i * t..i * t + i + 1], &mut ds[i * t..(i + 1) * t]);
-                    let r = sum_map(i + 1, |j| pr[j] * dr[j]);
-                    for j in 0..=i {
-                        dr[j] = (pr[j] * (dr[j] - r)) * g.scale;
-                    }
-                    dr[i + 1..].fill(0.0);
-                }
-                // dQ = dS K, dK = dS^T Q
-                let mut dq = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::rows(&ds, t), g.rows(ks, base), &mut dq, t, g.hd, t);
-                let mut dk = vec![0f32; t * g.hd];
-                matmul_serial(MatRef::t(&ds, t), g.rows(qs, base), &mut dk, t, g.hd, t);
-                [dq, dk, dv]
-            })
-            .collect();
-        let pick = |i: usize| -> Result<Tensor> {
-            let blocks: Vec<Vec<f32>> = grads.iter().map(|b| b[i].clone()).collect();
-            tensor(scatter(&blocks, g, self.n_head, qs.len()), q.dims())
-        };
-        Ok((Some(pick(0)?), Some(pick(1)?), Some(pick(2)?)))
+        // The probabilities again (the forward's are not kept by candle's graph).
+        let mut y = vec![0f32; qs.len()];
+        let mut p = vec![0f32; g.probs_len()];
+        layers::attention_fwd(qs, ks, vs, &mut y, &mut p, g);
+        let (mut dq, mut dk, mut dv) = (vec![0f32; qs.len()], vec![0f32; qs.len()], vec![0f32; qs.len()]);
+        layers::attention_bwd(qs, ks, vs, &p, dys, &mut dq, &mut dk, &mut dv, g);
+        Ok((Some(tensor(dq, q.dims())?), Some(tensor(dk, q.dims())?), Some(tensor(dv, q.dims())?)))
     }
 }
 
@@ -470,13 +297,7 @@ impl CustomOp2 for SwiGlu {
             bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
         let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(16384).zip(g.par_chunks(16384)).zip(u.par_chunks(16384)).for_each(
-            |((yb, gb), ub)| {
-                for i in 0..yb.len() {
-                    yb[i] = (gb[i] * sigmoid(gb[i])) * ub[i];
-                }
-            },
-        );
+        layers::swiglu_fwd(g, u, &mut y);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(
@@ -489,19 +310,9 @@ impl CustomOp2 for SwiGlu {
         let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
         let (gv, uv, dyv) = (view(&g)?, view(&u)?, view(&dy)?);
         let (gs, us, dys) = (gv.data(), uv.data(), dyv.data());
-        let n = gs.len();
-        let mut dg = vec![0f32; n];
-        let mut du = vec![0f32; n];
-        dg.par_chunks_mut(16384).zip(du.par_chunks_mut(16384)).enumerate().for_each(|(blk, (dgb, dub))| {
-            let o = blk * 16384;
-            for i in 0..dgb.len() {
-                let (x, d) = (gs[o + i], dys[o + i]);
-                let s = sigmoid(x);
-                // silu'(x) = s (1 + x (1 - s))
-                dgb[i] = (d * us[o + i]) * (s * (1.0 + x * (1.0 - s)));
-                dub[i] = d * (x * s);
-            }
-        });
+        let mut dg = vec![0f32; gs.len()];
+        let mut du = vec![0f32; gs.len()];
+        layers::swiglu_bwd(gs, us, dys, &mut dg, &mut du);
         Ok((Some(tensor(dg, g.dims())?), Some(tensor(du, u.dims())?)))
     }
 }
@@ -516,16 +327,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct CrossEntropy;
 
-/// One row's loss, and its exps and their sum (for the backward).
-fn ce_row(row: &[f32], target: usize, e: &mut [f32]) -> (f32, f32) {
-    let m = math::max(row);
-    for (ej, &x) in e.iter_mut().zip(row) {
-        *ej = exp(x - m);
-    }
-    let s = math::sum(e);
-    (ln(s) - (row[target] - m), s)
-}
-
 fn targets<'a>(op: &str, s: &'a CpuStorage, l: &Layout, v: usize) -> Result<&'a [u32]> {
     let CpuStorage::U32(t) = s else { bail!("{op}: targets must be u32") };
     let t = match l.contiguous_offsets() {
@@ -536,16 +337,6 @@ fn targets<'a>(op: &str, s: &'a CpuStorage, l: &Layout, v: usize) -> Result<&'a 
         bail!("{op}: target {bad} out of range for vocabulary {v}");
     }
     Ok(t)
-}
-
-/// Per-row losses of logits (N, V) against targets (N).
-fn row_losses(x: &[f32], tg: &[u32], v: usize) -> Vec<f32> {
-    let mut out = vec![0f32; tg.len()];
-    out.par_iter_mut().enumerate().for_each_init(
-        || vec![0f32; v],
-        |e, (i, o)| *o = ce_row(&x[i * v..(i + 1) * v], tg[i] as usize, e).0,
-    );
-    out
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -565,10 +356,9 @@ impl CustomOp2 for CrossEntropy {
         if tg.len() != n {
             bail!("cross_entropy: {n} rows but {} targets", tg.len());
         }
-        let losses = row_losses(x, tg, v);
-        // The mean: the 8-lane sum in f64, divided by N, rounded once to f32.
-        let mean = sum_map_f64(n, |i| losses[i] as f64) / n.max(1) as f64;
-        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+        let mut losses = vec![0f32; n];
+        layers::ce_losses(x, tg, v, &mut losses);
+        Ok((CpuStorage::F32(vec![layers::ce_mean(&losses)]), Shape::from(())))
     }
     fn bwd(
         &self,
@@ -580,18 +370,11 @@ impl CustomOp2 for CrossEntropy {
         let (n, v) = x.dims2()?;
         let x = x.contiguous()?;
         let xv = view(&x)?;
-        let xs = xv.data();
         let tg = tg.flatten_all()?.to_vec1::<u32>()?;
-        // d loss / d x_ij = (p_ij - [j = t_i]) * g / N
         let k = g.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
-        let mut dx = vec![0f32; xs.len()];
-        dx.par_chunks_mut(v).enumerate().for_each(|(i, dr)| {
-            let (_, s) = ce_row(&xs[i * v..(i + 1) * v], tg[i] as usize, dr);
-            for (j, d) in dr.iter_mut().enumerate() {
-                let p = *d / s;
-                *d = if j == tg[i] as usize { (p - 1.0) * k } else { p * k };
-            }
-        });
+        let mut dx = vec![0f32; n * v];
+        let mut losses = vec![0f32; n];
+        layers::ce_fwd_bwd(xv.data(), &tg, v, k, &mut dx, &mut losses);
         Ok((Some(tensor(dx, x.dims())?), None))
     }
 }
@@ -609,5 +392,7 @@ pub fn token_losses(logits: &Tensor, tg: &Tensor) -> Result<Vec<f32>> {
     if t.len() != n || t.iter().any(|&i| i as usize >= v) {
         bail!("token_losses: targets do not match logits ({n}, {v})");
     }
-    Ok(row_losses(&x, &t, v))
+    let mut out = vec![0f32; n];
+    layers::ce_losses(&x, &t, v, &mut out);
+    Ok(out)
 }
