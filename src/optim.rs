@@ -5,10 +5,10 @@
 //! checkpoint saves and restores exactly.
 
 use crate::config::OptimConfig;
+use crate::engine::ParamLayout;
 use crate::error::{Error, Result};
 use crate::kernels::adamw;
-use crate::kernels::ops::host;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
 /// Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total` steps,
@@ -28,64 +28,43 @@ pub fn lr_at(step: u64, o: &OptimConfig, total: u64) -> f64 {
 
 pub struct AdamW {
     pub step: u64,
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
+    layout: ParamLayout,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl AdamW {
-    pub fn new(params: &BTreeMap<String, Var>) -> Result<AdamW> {
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for (name, p) in params {
-            m.insert(name.clone(), p.as_tensor().zeros_like()?);
-            v.insert(name.clone(), p.as_tensor().zeros_like()?);
-        }
-        Ok(AdamW { step: 0, m, v })
+    pub fn new(layout: &ParamLayout) -> AdamW {
+        AdamW { step: 0, layout: layout.clone(), m: vec![0.0; layout.total], v: vec![0.0; layout.total] }
     }
 
-    /// One update (`kernels::adamw::update`). Params and grads are visited in sorted name order.
-    pub fn update(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: &BTreeMap<String, Tensor>,
-        lr: f64,
-        o: &OptimConfig,
-    ) -> Result<()> {
+    /// One update (`kernels::adamw::update`) of the flat weights `w` with gradients `g`, both in
+    /// the layout's order, parameter by parameter.
+    pub fn update(&mut self, w: &mut [f32], g: &[f32], lr: f64, o: &OptimConfig) {
         self.step += 1;
         let s = adamw::Step::new(self.step, lr, o.beta1, o.beta2, o.eps);
-        for (name, p) in params {
-            let g = grads.get(name).ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
-            let (mut w, g) = (host(p.as_tensor())?, host(g)?);
-            let (mut m, mut v) = (host(&self.m[name])?, host(&self.v[name])?);
+        for (_, shape, r) in &self.layout.entries {
             // Decoupled decay on matrices only; norm gains (1-D) are not decayed.
-            let decay =
-                if p.rank() >= 2 && o.weight_decay > 0.0 { (1.0 - lr * o.weight_decay) as f32 } else { 1.0 };
-            adamw::update(&mut w, &g, &mut m, &mut v, &s, decay);
-            let shape = p.dims().to_vec();
-            p.set(&Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?)?;
-            self.m.insert(name.clone(), Tensor::from_vec(m, shape.as_slice(), &Device::Cpu)?);
-            self.v.insert(name.clone(), Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?);
+            let decay = if shape.len() >= 2 && o.weight_decay > 0.0 {
+                (1.0 - lr * o.weight_decay) as f32
+            } else {
+                1.0
+            };
+            let (m, v) = (&mut self.m[r.clone()], &mut self.v[r.clone()]);
+            adamw::update(&mut w[r.clone()], &g[r.clone()], m, v, &s, decay);
         }
-        Ok(())
     }
 
     /// The state as named tensors, for a checkpoint.
     pub fn state(&self) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = BTreeMap::new();
-        for (name, m) in &self.m {
-            out.insert(format!("{name}.exp_avg"), m.clone());
-            out.insert(format!("{name}.exp_avg_sq"), self.v[name].clone());
-        }
+        let mut out = self.layout.to_tensors(&self.m, ".exp_avg")?;
+        out.extend(self.layout.to_tensors(&self.v, ".exp_avg_sq")?);
         out.insert("step".into(), Tensor::new(&[self.step as i64], &Device::Cpu)?);
         Ok(out)
     }
 
     /// Restore from named tensors, checking that every parameter has matching moments.
-    pub fn from_state(
-        params: &BTreeMap<String, Var>,
-        st: &BTreeMap<String, Tensor>,
-        origin: &str,
-    ) -> Result<AdamW> {
+    pub fn from_state(layout: &ParamLayout, st: &BTreeMap<String, Tensor>, origin: &str) -> Result<AdamW> {
         let get =
             |k: &str| st.get(k).ok_or_else(|| Error::msg(format!("{origin}: missing optimizer tensor {k}")));
         let step_t = get("step")?;
@@ -93,47 +72,40 @@ impl AdamW {
             return Err(Error::msg(format!("{origin}: optimizer `step` must be one i64")));
         }
         let step = step_t.flatten_all()?.to_vec1::<i64>()?[0] as u64;
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for (name, p) in params {
-            for (suffix, dst) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
+        for (name, shape, _) in &layout.entries {
+            for suffix in ["exp_avg", "exp_avg_sq"] {
                 let t = get(&format!("{name}.{suffix}"))?;
-                if t.dims() != p.dims() || t.dtype() != DType::F32 {
+                if t.dims() != shape.as_slice() || t.dtype() != DType::F32 {
                     return Err(Error::msg(format!(
-                        "{origin}: {name}.{suffix} has shape {:?}, want {:?}",
-                        t.dims(),
-                        p.dims()
+                        "{origin}: {name}.{suffix} has shape {:?}, want {shape:?}",
+                        t.dims()
                     )));
                 }
-                dst.insert(name.clone(), t.clone());
             }
         }
-        Ok(AdamW { step, m, v })
+        let m = layout.flatten(st, ".exp_avg")?;
+        let v = layout.flatten(st, ".exp_avg_sq")?;
+        Ok(AdamW { step, layout: layout.clone(), m, v })
     }
 }
 
-/// Global L2 norm of all gradients: each tensor's sum of squares in f64 (the kernels' 8-lane
-/// order), added in sorted name order, so it is reproducible.
-pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
+/// Global L2 norm of the flat gradients: each parameter's sum of squares in f64 (the kernels'
+/// 8-lane order), added in the layout's (sorted name) order, so it is reproducible.
+pub fn grad_norm(layout: &ParamLayout, g: &[f32]) -> f64 {
     let mut total = 0f64;
-    for g in grads.values() {
-        total += adamw::sum_squares(&host(g)?);
+    for (_, _, r) in &layout.entries {
+        total += adamw::sum_squares(&g[r.clone()]);
     }
-    Ok(total.sqrt())
+    total.sqrt()
 }
 
 /// Scale all gradients so their global norm is at most `max`; returns the norm before clipping.
-pub fn clip(grads: &mut BTreeMap<String, Tensor>, max: f64) -> Result<f64> {
-    let norm = grad_norm(grads)?;
+pub fn clip(layout: &ParamLayout, g: &mut [f32], max: f64) -> f64 {
+    let norm = grad_norm(layout, g);
     if max > 0.0 && norm > max {
-        let s = (max / (norm + 1e-6)) as f32;
-        for g in grads.values_mut() {
-            let mut v = host(g)?;
-            adamw::scale(&mut v, s);
-            *g = Tensor::from_vec(v, g.dims(), &Device::Cpu)?;
-        }
+        adamw::scale(g, (max / (norm + 1e-6)) as f32);
     }
-    Ok(norm)
+    norm
 }
 
 #[cfg(test)]
@@ -157,42 +129,42 @@ mod tests {
         assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
     }
 
+    fn layout() -> ParamLayout {
+        ParamLayout { entries: vec![("g".into(), vec![1], 0..1), ("w".into(), vec![1, 2], 1..3)], total: 3 }
+    }
+
     #[test]
     fn adamw_matches_a_hand_computed_step() {
         // First step of AdamW: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps),
         // plus decoupled decay w * (1 - lr * wd) for matrices.
         let o = OptimConfig { weight_decay: 0.5, eps: 1e-8, ..OptimConfig::default() };
-        let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0]], &Device::Cpu).unwrap()).unwrap();
-        let gain = Var::from_tensor(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap()).unwrap();
-        let params: BTreeMap<String, Var> =
-            [("w".to_string(), w.clone()), ("g".to_string(), gain.clone())].into();
-        let grads: BTreeMap<String, Tensor> = [
-            ("w".to_string(), Tensor::new(&[[0.5f32, -0.25]], &Device::Cpu).unwrap()),
-            ("g".to_string(), Tensor::new(&[2.0f32], &Device::Cpu).unwrap()),
-        ]
-        .into();
-        let mut opt = AdamW::new(&params).unwrap();
-        opt.update(&params, &grads, 0.1, &o).unwrap();
-        let got = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut w = vec![3.0f32, 1.0, -2.0];
+        let g = [2.0f32, 0.5, -0.25];
+        let mut opt = AdamW::new(&layout());
+        opt.update(&mut w, &g, 0.1, &o);
         let want = [1.0 * (1.0 - 0.05) - 0.1, -2.0 * (1.0 - 0.05) + 0.1];
-        for (g, w) in got.iter().zip(want) {
+        for (g, w) in w[1..].iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
         }
-        let got = gain.as_tensor().to_vec1::<f32>().unwrap()[0];
-        assert!((got - 2.9).abs() < 1e-6, "1-D gains are not decayed: {got}");
+        assert!((w[0] - 2.9).abs() < 1e-6, "1-D gains are not decayed: {}", w[0]);
         // The state round-trips.
         let st = opt.state().unwrap();
-        let back = AdamW::from_state(&params, &st, "test").unwrap();
+        assert_eq!(st.len(), 5);
+        let back = AdamW::from_state(&layout(), &st, "test").unwrap();
         assert_eq!(back.step, 1);
-        assert_eq!(back.state().unwrap().len(), st.len());
+        assert_eq!((back.m, back.v), (opt.m, opt.v));
+        let mut bad = st.clone();
+        bad.remove("w.exp_avg_sq");
+        let e = AdamW::from_state(&layout(), &bad, "ck").err().unwrap().to_string();
+        assert!(e.contains("ck") && e.contains("w.exp_avg_sq"), "{e}");
     }
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut g: BTreeMap<String, Tensor> =
-            [("a".to_string(), Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())].into();
-        let n = clip(&mut g, 1.0).unwrap();
+        let l = ParamLayout { entries: vec![("a".into(), vec![2], 0..2)], total: 2 };
+        let mut g = vec![3.0f32, 4.0];
+        let n = clip(&l, &mut g, 1.0);
         assert!((n - 5.0).abs() < 1e-6);
-        assert!((grad_norm(&g).unwrap() - 1.0).abs() < 1e-5);
+        assert!((grad_norm(&l, &g) - 1.0).abs() < 1e-5);
     }
 }

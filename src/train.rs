@@ -4,6 +4,7 @@
 use crate::checkpoint::{self, State, CONFIG_FILE, MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE};
 use crate::config::{is_result_neutral, Config};
 use crate::data::{self, Prepared};
+use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, DataRecord, Manifest, Session};
 use crate::model::{self, Dims, Llama};
@@ -227,12 +228,19 @@ pub struct StepStats {
     pub grad_norm: f64,
 }
 
-/// The model, its optimizer and the training tokens: `step()` runs one optimizer step. Both
-/// `train` and `verify` drive it, so they cannot disagree on what a step is.
+/// The weights, their optimizer and the training tokens: `step()` runs one optimizer step. Both
+/// `train` and `verify` drive it, so they cannot disagree on what a step is. The weights live in
+/// one flat buffer (`engine::ParamLayout`); `model()` makes a candle `Llama` of them for
+/// evaluation and sampling.
 pub struct Trainer<'a> {
     pub cfg: &'a Config,
-    pub model: Llama,
-    pub opt: AdamW,
+    pub dims: Dims,
+    engine: Engine,
+    w: Vec<f32>,
+    grad: Vec<f32>,
+    /// The sum over micro-batches (empty unless train.grad_accum > 1).
+    acc: Vec<f32>,
+    opt: AdamW,
     /// Optimizer steps completed.
     pub step: u64,
     tokens: &'a [u16],
@@ -247,27 +255,48 @@ impl<'a> Trainer<'a> {
         from: Option<&checkpoint::Loaded>,
     ) -> Result<Self> {
         let dims = Dims::new(&cfg.model, vocab);
-        let (model, opt, step) = match from {
+        let engine = Engine::new(dims, cfg.train.batch_size as usize, cfg.train.context as usize)?;
+        let layout = &engine.layout;
+        let (w, opt, step) = match from {
             Some(l) => {
                 let origin = l.dir.display().to_string();
+                // Checks every name and shape, with errors that name the checkpoint.
                 let model = Llama::from_tensors(dims, &l.model, &origin)?;
-                let opt = AdamW::from_state(&model.params, &l.optim, &origin)?;
+                let opt = AdamW::from_state(layout, &l.optim, &origin)?;
                 if opt.step != l.state.step {
                     return Err(Error::hint(
                         format!("{origin}: optimizer step {} != checkpoint step {}", opt.step, l.state.step),
                         "the checkpoint is inconsistent; resume from another one",
                     ));
                 }
-                let step = l.state.step;
-                (model, opt, step)
+                (layout.flatten(&model.tensors(), "")?, opt, l.state.step)
             }
             None => {
                 let model = Llama::init(dims, cfg.run.seed)?;
-                let opt = AdamW::new(&model.params)?;
-                (model, opt, 0)
+                (layout.flatten(&model.tensors(), "")?, AdamW::new(layout), 0)
             }
         };
-        Ok(Trainer { cfg, model, opt, step, tokens })
+        let acc = if cfg.train.grad_accum > 1 { vec![0f32; w.len()] } else { Vec::new() };
+        Ok(Trainer { cfg, dims, grad: vec![0f32; w.len()], acc, engine, w, opt, step, tokens })
+    }
+
+    /// The weights as named tensors.
+    pub fn model_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.engine.layout.to_tensors(&self.w, "")
+    }
+
+    /// The weights as a candle model (a copy), for evaluation and sampling.
+    pub fn model(&self) -> Result<Llama> {
+        Llama::from_tensors(self.dims, &self.model_tensors()?, "trainer")
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.w.len()
+    }
+
+    /// The optimizer state as named tensors.
+    pub fn opt_state(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.opt.state()
     }
 
     /// lr, batch, forward, loss, backward, clip, update. A non-finite loss or gradient norm
@@ -275,8 +304,10 @@ impl<'a> Trainer<'a> {
     pub fn step(&mut self) -> Result<StepStats> {
         let cfg = self.cfg;
         let lr = optim::lr_at(self.step, &cfg.optim, cfg.schedule_steps());
-        let (loss, mut grads) = forward_backward(&self.model, self.tokens, cfg, self.step)?;
-        let grad_norm = optim::clip(&mut grads, cfg.optim.grad_clip)?;
+        let loss = self.forward_backward()?;
+        let layout = &self.engine.layout;
+        let grads = if self.acc.is_empty() { &mut self.grad } else { &mut self.acc };
+        let grad_norm = optim::clip(layout, grads, cfg.optim.grad_clip);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let what = if loss.is_finite() {
                 format!("gradient norm is {grad_norm}")
@@ -291,15 +322,44 @@ impl<'a> Trainer<'a> {
                 ),
             ));
         }
-        self.opt.update(&self.model.params, &grads, lr, &cfg.optim)?;
+        self.opt.update(&mut self.w, grads, lr, &cfg.optim);
         self.step += 1;
         Ok(StepStats { loss, lr, grad_norm })
+    }
+
+    /// Forward and backward over `grad_accum` micro-batches of this step: the mean loss, and
+    /// the gradients in `grad` (one micro-batch) or summed in micro-batch order in `acc`.
+    fn forward_backward(&mut self) -> Result<f64> {
+        let cfg = self.cfg;
+        let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
+        let gscale = (1.0 / accum as f64) as f32;
+        let mut loss_sum = 0f64;
+        for micro in 0..accum {
+            let offsets = data::batch_offsets(cfg.run.seed, self.step, micro, self.tokens.len(), b, t);
+            let (x, y) = batch_ids(self.tokens, &offsets, t);
+            if let Some(bad) = x.iter().chain(&y).find(|&&id| id as usize >= self.dims.vocab) {
+                return Err(Error::msg(format!(
+                    "token id {bad} is outside the vocabulary of {}; the data cache does not match the tokenizer",
+                    self.dims.vocab
+                )));
+            }
+            let loss = self.engine.forward_backward(&self.w, &x, &y, gscale, &mut self.grad);
+            loss_sum += loss as f64;
+            if micro == 0 && !self.acc.is_empty() {
+                self.acc.copy_from_slice(&self.grad);
+            } else if micro > 0 {
+                for (a, g) in self.acc.iter_mut().zip(&self.grad) {
+                    *a += *g;
+                }
+            }
+        }
+        Ok(loss_sum / accum as f64)
     }
 
     /// The checkpoint files of the current state: (name, bytes), config and tokenizer given.
     pub fn files(&self, config: &[u8], tokenizer: &[u8]) -> Result<Vec<(&'static str, Vec<u8>)>> {
         Ok(vec![
-            (MODEL_FILE, checkpoint::to_safetensors(&self.model.tensors())?),
+            (MODEL_FILE, checkpoint::to_safetensors(&self.model_tensors()?)?),
             (OPTIM_FILE, checkpoint::to_safetensors(&self.opt.state()?)?),
             (CONFIG_FILE, config.to_vec()),
             (TOKENIZER_FILE, tokenizer.to_vec()),
@@ -307,36 +367,15 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Forward and backward over `grad_accum` micro-batches of step `step`; returns the mean loss
-/// and the gradients summed by parameter name.
-fn forward_backward(
-    model: &Llama,
-    tokens: &[u16],
-    cfg: &Config,
-    step: u64,
-) -> Result<(f64, BTreeMap<String, Tensor>)> {
-    let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
-    let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut loss_sum = 0f64;
-    for micro in 0..accum {
-        let offsets = data::batch_offsets(cfg.run.seed, step, micro, tokens.len(), b, t);
-        let (x, y) = make_batch(tokens, &offsets, t)?; // (B, T), (B*T)
-        let logits = model.forward(&x)?.flatten_to(1)?; // (B*T, V)
-        let loss = model::cross_entropy(&logits, &y)?;
-        loss_sum += loss.to_scalar::<f32>()? as f64;
-        let store = (loss / accum as f64)?.backward()?;
-        for (name, var) in &model.params {
-            let g = store
-                .get(var.as_tensor())
-                .ok_or_else(|| Error::msg(format!("internal: no gradient for {name}")))?;
-            let acc = match grads.remove(name) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            grads.insert(name.clone(), acc);
-        }
+/// Inputs and targets (B*T each) of the windows starting at `offsets`.
+fn batch_ids(tokens: &[u16], offsets: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut x = Vec::with_capacity(offsets.len() * t);
+    let mut y = Vec::with_capacity(offsets.len() * t);
+    for &o in offsets {
+        x.extend(tokens[o..o + t].iter().map(|&v| v as u32));
+        y.extend(tokens[o + 1..o + t + 1].iter().map(|&v| v as u32));
     }
-    Ok((loss_sum / accum as f64, grads))
+    (x, y)
 }
 
 /// Evaluate, then sample from `eval.prompt` with a stream keyed by step (its own purpose, so
@@ -498,10 +537,10 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     let steps = cfg.train.steps;
     let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
     let tokens_per_step = (b * t) as u64 * accum;
-    let dims = trainer.model.dims;
+    let dims = trainer.dims;
     say(&format!(
         "model: {} parameters ({} layers, d_model {}, {} heads, vocab {}); {} tokens/step; {} train tokens; threads {}; numerics {} ({})",
-        trainer.model.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads(),
+        trainer.num_params(), dims.n_layer, dims.d_model, dims.n_head, dims.vocab, tokens_per_step, train_tokens.len(), cfg.threads(),
         crate::kernels::CONTRACT_VERSION, crate::kernels::dispatch_path()
     ));
     say(&format!(
@@ -539,7 +578,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let last = done == steps;
         let mut val_loss = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {
-            let (ev, text) = eval_and_sample(&trainer.model, &val_tokens, &tok, cfg, done)?;
+            let (ev, text) = eval_and_sample(&trainer.model()?, &val_tokens, &tok, cfg, done)?;
             log(&format!(
                 "step {done}: val loss {:.4} | ppl {:.2} | bits/byte {:.4}\n  sample: {}",
                 ev.loss,

@@ -396,10 +396,10 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             }
             trainer.step()?;
         }
-        let model = trainer.model.tensors();
+        let model = trainer.model_tensors()?;
         let got = [
             (MODEL_FILE, sha256_hex(&checkpoint::to_safetensors(&model)?)),
-            (OPTIM_FILE, sha256_hex(&checkpoint::to_safetensors(&trainer.opt.state()?)?)),
+            (OPTIM_FILE, sha256_hex(&checkpoint::to_safetensors(&trainer.opt_state()?)?)),
             (TOKENIZER_FILE, tokenizer_sha.clone()),
         ];
         for (name, got) in got {

@@ -1,0 +1,420 @@
+//! The training step written out: forward, cross-entropy and backward of the Llama in `model`
+//! over buffers allocated once per run, calling the same `kernels::layers` functions as the
+//! candle ops. It computes exactly what candle's autograd computes over those ops, value for
+//! value and bit for bit (`tests` below compares them), without the graph, the per-op
+//! allocations, the zero-filled gradient buffers or the copies in and out of tensors.
+//!
+//! What "exactly" takes, besides calling the same kernels:
+//! - A gradient with several consumers is summed in candle's order (its reverse topological
+//!   order): d(input_layernorm out) = (dv + dk) + dq, where each term is that projection's dX;
+//!   two-term sums (residual stream, gate/up) are commutative in IEEE arithmetic.
+//! - The embedding gradient adds the rows of d(x0) into a zeroed table in token order, as
+//!   candle's `index_add` does.
+//! - The loss gradient is 1 / grad_accum, rounded to f32, divided by B*T (candle's affine
+//!   backward, then our cross-entropy backward).
+
+use crate::error::{Error, Result};
+use crate::kernels::layers::{self, Attn};
+use crate::model::Dims;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+/// Every parameter in one flat f32 buffer, in sorted-name order (the order of
+/// `Dims::param_shapes`, of checkpoints, of the gradient norm and of the optimizer).
+#[derive(Debug, Clone)]
+pub struct ParamLayout {
+    pub entries: Vec<(String, Vec<usize>, Range<usize>)>,
+    pub total: usize,
+}
+
+impl ParamLayout {
+    pub fn new(dims: &Dims) -> ParamLayout {
+        let mut entries = Vec::new();
+        let mut off = 0;
+        for (name, shape) in dims.param_shapes() {
+            let n: usize = shape.iter().product();
+            entries.push((name, shape, off..off + n));
+            off += n;
+        }
+        ParamLayout { entries, total: off }
+    }
+
+    pub fn range(&self, name: &str) -> Result<Range<usize>> {
+        self.entries
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, r)| r.clone())
+            .ok_or_else(|| Error::msg(format!("internal: no parameter {name}")))
+    }
+
+    /// Named tensors (shapes of the layout) from a flat buffer.
+    pub fn to_tensors(&self, flat: &[f32], suffix: &str) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (name, shape, r) in &self.entries {
+            let t = Tensor::from_slice(&flat[r.clone()], shape.as_slice(), &Device::Cpu)?;
+            out.insert(format!("{name}{suffix}"), t);
+        }
+        Ok(out)
+    }
+
+    /// A flat buffer from named tensors whose names and shapes were already checked.
+    pub fn flatten(&self, tensors: &BTreeMap<String, Tensor>, suffix: &str) -> Result<Vec<f32>> {
+        let mut flat = Vec::with_capacity(self.total);
+        for (name, shape, _) in &self.entries {
+            let key = format!("{name}{suffix}");
+            let t = tensors.get(&key).ok_or_else(|| Error::msg(format!("internal: no tensor {key}")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::msg(format!("internal: {key} is {:?}, want {shape:?}", t.dims())));
+            }
+            flat.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(flat)
+    }
+}
+
+/// Where one layer's parameters sit in the flat buffer.
+struct LayerIx {
+    ln1: Range<usize>,
+    ln2: Range<usize>,
+    q: Range<usize>,
+    k: Range<usize>,
+    v: Range<usize>,
+    o: Range<usize>,
+    gate: Range<usize>,
+    up: Range<usize>,
+    down: Range<usize>,
+}
+
+/// One layer's saved activations, (B*T, width) row-major.
+struct LayerActs {
+    /// The layer's input (residual stream).
+    x: Vec<f32>,
+    h1: Vec<f32>,
+    inv1: Vec<f32>,
+    /// q and k after RoPE.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention probabilities (B, H, T, T).
+    p: Vec<f32>,
+    /// Attention output, before o_proj.
+    y: Vec<f32>,
+    /// x + attention: the residual stream between the two blocks.
+    xa: Vec<f32>,
+    h2: Vec<f32>,
+    inv2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Buffers for one micro-batch of (B, T) tokens through the model of `dims`.
+pub struct Engine {
+    dims: Dims,
+    b: usize,
+    t: usize,
+    pub layout: ParamLayout,
+    embed: Range<usize>,
+    norm: Range<usize>,
+    head: Range<usize>,
+    layers: Vec<LayerIx>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    acts: Vec<LayerActs>,
+    xf: Vec<f32>,
+    hf: Vec<f32>,
+    invf: Vec<f32>,
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    losses: Vec<f32>,
+    // Backward scratch: widths C and F.
+    dres: Vec<f32>,
+    dh: Vec<f32>,
+    dtmp: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dff: Vec<f32>,
+    dgate: Vec<f32>,
+    dup: Vec<f32>,
+}
+
+impl Engine {
+    pub fn new(dims: Dims, b: usize, t: usize) -> Result<Engine> {
+        let layout = ParamLayout::new(&dims);
+        let (c, f, v, n) = (dims.d_model, dims.d_ff, dims.vocab, b * t);
+        let hd = dims.head_dim();
+        if dims.n_layer == 0 || dims.n_head == 0 || !c.is_multiple_of(dims.n_head) || !hd.is_multiple_of(2) {
+            return Err(Error::msg(format!(
+                "model: {} layers of d_model {c} in n_head {} heads of even size are not a model",
+                dims.n_layer, dims.n_head
+            )));
+        }
+        let attn = Attn { b, t, c, n_head: dims.n_head };
+        let mut layers = Vec::new();
+        let mut acts = Vec::new();
+        for i in 0..dims.n_layer {
+            let r = |s: &str| layout.range(&format!("model.layers.{i}.{s}.weight"));
+            layers.push(LayerIx {
+                ln1: r("input_layernorm")?,
+                ln2: r("post_attention_layernorm")?,
+                q: r("self_attn.q_proj")?,
+                k: r("self_attn.k_proj")?,
+                v: r("self_attn.v_proj")?,
+                o: r("self_attn.o_proj")?,
+                gate: r("mlp.gate_proj")?,
+                up: r("mlp.up_proj")?,
+                down: r("mlp.down_proj")?,
+            });
+            let z = |len: usize| vec![0f32; len];
+            acts.push(LayerActs {
+                x: z(n * c),
+                h1: z(n * c),
+                inv1: z(n),
+                q: z(n * c),
+                k: z(n * c),
+                v: z(n * c),
+                p: z(attn.probs_len()),
+                y: z(n * c),
+                xa: z(n * c),
+                h2: z(n * c),
+                inv2: z(n),
+                gate: z(n * f),
+                up: z(n * f),
+                s: z(n * f),
+            });
+        }
+        let (cos, sin) = layers::rope_tables(t, hd, dims.rope_theta);
+        let z = |len: usize| vec![0f32; len];
+        Ok(Engine {
+            embed: layout.range("model.embed_tokens.weight")?,
+            norm: layout.range("model.norm.weight")?,
+            head: layout.range("lm_head.weight")?,
+            layout,
+            dims,
+            b,
+            t,
+            layers,
+            cos,
+            sin,
+            acts,
+            xf: z(n * c),
+            hf: z(n * c),
+            invf: z(n),
+            logits: z(n * v),
+            dlogits: z(n * v),
+            losses: z(n),
+            dres: z(n * c),
+            dh: z(n * c),
+            dtmp: z(n * c),
+            dq: z(n * c),
+            dk: z(n * c),
+            dv: z(n * c),
+            dff: z(n * f),
+            dgate: z(n * f),
+            dup: z(n * f),
+        })
+    }
+
+    /// Forward and backward of one micro-batch: inputs `ids` and targets `tg` (B*T each, < V),
+    /// weights `w` (the flat layout). Writes the gradient of (mean loss * `gscale`) into `grad`
+    /// and returns the mean loss.
+    pub fn forward_backward(
+        &mut self,
+        w: &[f32],
+        ids: &[u32],
+        tg: &[u32],
+        gscale: f32,
+        grad: &mut [f32],
+    ) -> f32 {
+        let d = self.dims;
+        let (c, f, v, n) = (d.d_model, d.d_ff, d.vocab, self.b * self.t);
+        let eps = d.norm_eps as f32;
+        let (t, nh) = (self.t, d.n_head);
+        let attn = Attn { b: self.b, t, c, n_head: nh };
+        assert!(ids.len() == n && tg.len() == n && w.len() == self.layout.total && grad.len() == w.len());
+        let (cos, sin) = (&self.cos, &self.sin);
+
+        // ---- forward
+        let emb = &w[self.embed.clone()];
+        for (row, &id) in self.acts[0].x.chunks_exact_mut(c).zip(ids) {
+            row.copy_from_slice(&emb[id as usize * c..(id as usize + 1) * c]);
+        }
+        for l in 0..d.n_layer {
+            let ix = &self.layers[l];
+            let (cur, rest) = self.acts[l..].split_first_mut().expect("layer");
+            let a = cur;
+            layers::rms_norm_fwd(&a.x, &w[ix.ln1.clone()], eps, &mut a.h1, &mut a.inv1);
+            layers::linear_fwd(&a.h1, &w[ix.q.clone()], &mut a.q, n, c, c);
+            layers::rope_apply(&mut a.q, t, c, nh, cos, sin, 1.0);
+            layers::linear_fwd(&a.h1, &w[ix.k.clone()], &mut a.k, n, c, c);
+            layers::rope_apply(&mut a.k, t, c, nh, cos, sin, 1.0);
+            layers::linear_fwd(&a.h1, &w[ix.v.clone()], &mut a.v, n, c, c);
+            layers::attention_fwd(&a.q, &a.k, &a.v, &mut a.y, &mut a.p, attn);
+            layers::linear_fwd(&a.y, &w[ix.o.clone()], &mut self.dtmp, n, c, c);
+            add(&a.x, &self.dtmp, &mut a.xa);
+            layers::rms_norm_fwd(&a.xa, &w[ix.ln2.clone()], eps, &mut a.h2, &mut a.inv2);
+            layers::linear_fwd(&a.h2, &w[ix.gate.clone()], &mut a.gate, n, f, c);
+            layers::linear_fwd(&a.h2, &w[ix.up.clone()], &mut a.up, n, f, c);
+            layers::swiglu_fwd(&a.gate, &a.up, &mut a.s);
+            layers::linear_fwd(&a.s, &w[ix.down.clone()], &mut self.dtmp, n, c, f);
+            let out = match rest.first_mut() {
+                Some(next) => &mut next.x,
+                None => &mut self.xf,
+            };
+            add(&a.xa, &self.dtmp, out);
+        }
+        layers::rms_norm_fwd(&self.xf, &w[self.norm.clone()], eps, &mut self.hf, &mut self.invf);
+        layers::linear_fwd(&self.hf, &w[self.head.clone()], &mut self.logits, n, v, c);
+        let k = gscale / n as f32;
+        layers::ce_fwd_bwd(&self.logits, tg, v, k, &mut self.dlogits, &mut self.losses);
+        let loss = layers::ce_mean(&self.losses);
+
+        // ---- backward
+        layers::linear_dw(&self.dlogits, &self.hf, &mut grad[self.head.clone()], n, v, c);
+        layers::linear_dx(&self.dlogits, &w[self.head.clone()], &mut self.dh, n, v, c);
+        layers::rms_norm_bwd(
+            &self.xf,
+            &w[self.norm.clone()],
+            &self.invf,
+            &self.dh,
+            &mut self.dres,
+            &mut grad[self.norm.clone()],
+        );
+        for l in (0..d.n_layer).rev() {
+            let (ix, a) = (&self.layers[l], &self.acts[l]);
+            // MLP block: x_out = xa + down(swiglu(gate(h2), up(h2))).
+            layers::linear_dw(&self.dres, &a.s, &mut grad[ix.down.clone()], n, c, f);
+            layers::linear_dx(&self.dres, &w[ix.down.clone()], &mut self.dff, n, c, f);
+            layers::swiglu_bwd(&a.gate, &a.up, &self.dff, &mut self.dgate, &mut self.dup);
+            layers::linear_dx(&self.dup, &w[ix.up.clone()], &mut self.dh, n, f, c);
+            layers::linear_dw(&self.dup, &a.h2, &mut grad[ix.up.clone()], n, f, c);
+            layers::linear_dx(&self.dgate, &w[ix.gate.clone()], &mut self.dtmp, n, f, c);
+            add_assign(&mut self.dh, &self.dtmp);
+            layers::linear_dw(&self.dgate, &a.h2, &mut grad[ix.gate.clone()], n, f, c);
+            layers::rms_norm_bwd(
+                &a.xa,
+                &w[ix.ln2.clone()],
+                &a.inv2,
+                &self.dh,
+                &mut self.dtmp,
+                &mut grad[ix.ln2.clone()],
+            );
+            add_assign(&mut self.dres, &self.dtmp);
+            // Attention block: xa = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+            layers::linear_dw(&self.dres, &a.y, &mut grad[ix.o.clone()], n, c, c);
+            layers::linear_dx(&self.dres, &w[ix.o.clone()], &mut self.dh, n, c, c);
+            layers::attention_bwd(
+                &a.q,
+                &a.k,
+                &a.v,
+                &a.p,
+                &self.dh,
+                &mut self.dq,
+                &mut self.dk,
+                &mut self.dv,
+                attn,
+            );
+            layers::rope_apply(&mut self.dq, t, c, nh, cos, sin, -1.0);
+            layers::rope_apply(&mut self.dk, t, c, nh, cos, sin, -1.0);
+            // d(h1) in candle's order: (d via v + d via k) + d via q.
+            layers::linear_dx(&self.dv, &w[ix.v.clone()], &mut self.dh, n, c, c);
+            layers::linear_dw(&self.dv, &a.h1, &mut grad[ix.v.clone()], n, c, c);
+            layers::linear_dx(&self.dk, &w[ix.k.clone()], &mut self.dtmp, n, c, c);
+            add_assign(&mut self.dh, &self.dtmp);
+            layers::linear_dw(&self.dk, &a.h1, &mut grad[ix.k.clone()], n, c, c);
+            layers::linear_dx(&self.dq, &w[ix.q.clone()], &mut self.dtmp, n, c, c);
+            add_assign(&mut self.dh, &self.dtmp);
+            layers::linear_dw(&self.dq, &a.h1, &mut grad[ix.q.clone()], n, c, c);
+            layers::rms_norm_bwd(
+                &a.x,
+                &w[ix.ln1.clone()],
+                &a.inv1,
+                &self.dh,
+                &mut self.dtmp,
+                &mut grad[ix.ln1.clone()],
+            );
+            add_assign(&mut self.dres, &self.dtmp);
+        }
+        // Embedding: rows of d(x0) added into a zeroed table in token order.
+        let demb = &mut grad[self.embed.clone()];
+        demb.fill(0.0);
+        for (row, &id) in self.dres.chunks_exact(c).zip(ids) {
+            let dst = &mut demb[id as usize * c..(id as usize + 1) * c];
+            for (dd, &s) in dst.iter_mut().zip(row) {
+                *dd += s;
+            }
+        }
+        loss
+    }
+}
+
+const ELEMS: usize = 16384;
+
+/// out = a + b, elementwise.
+fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(ELEMS).zip(a.par_chunks(ELEMS)).zip(b.par_chunks(ELEMS)).for_each(|((o, a), b)| {
+        for i in 0..o.len() {
+            o[i] = a[i] + b[i];
+        }
+    });
+}
+
+/// a += b, elementwise.
+fn add_assign(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(ELEMS).zip(b.par_chunks(ELEMS)).for_each(|(a, b)| {
+        for i in 0..a.len() {
+            a[i] += b[i];
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{self, Llama};
+
+    #[test]
+    fn the_engine_gives_candle_autograd_bit_for_bit() {
+        let dims = Dims {
+            vocab: 61,
+            n_layer: 2,
+            n_head: 3,
+            d_model: 24,
+            d_ff: 40,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        };
+        let (b, t) = (3, 53); // T spans several attention slabs, B*T is not a multiple of 6
+        let m = Llama::init(dims, 7).unwrap();
+        let toks: Vec<u32> = (0..b * (t + 1)).map(|i| ((i * 37 + i / 5) % 61) as u32).collect();
+        let mut ids = Vec::new();
+        let mut tg = Vec::new();
+        for bi in 0..b {
+            ids.extend_from_slice(&toks[bi * (t + 1)..bi * (t + 1) + t]);
+            tg.extend_from_slice(&toks[bi * (t + 1) + 1..(bi + 1) * (t + 1)]);
+        }
+        for accum in [1usize, 3] {
+            // candle: the graph of Llama::forward and its autograd.
+            let x = Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu).unwrap();
+            let y = Tensor::from_vec(tg.clone(), b * t, &Device::Cpu).unwrap();
+            let logits = m.forward(&x).unwrap().flatten_to(1).unwrap();
+            let loss = model::cross_entropy(&logits, &y).unwrap();
+            let store = (&loss / accum as f64).unwrap().backward().unwrap();
+            // The engine.
+            let mut e = Engine::new(dims, b, t).unwrap();
+            let w = e.layout.flatten(&m.tensors(), "").unwrap();
+            let mut g = vec![f32::NAN; w.len()];
+            let l = e.forward_backward(&w, &ids, &tg, (1.0 / accum as f64) as f32, &mut g);
+            assert_eq!(l.to_bits(), loss.to_scalar::<f32>().unwrap().to_bits(), "loss");
+            for (name, _, r) in &e.layout.entries {
+                let want = store.get(m.params[name].as_tensor()).unwrap().flatten_all().unwrap();
+                let want = want.to_vec1::<f32>().unwrap();
+                let same = want.iter().zip(&g[r.clone()]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "accum {accum}: gradient of {name} differs");
+            }
+        }
+    }
+}
