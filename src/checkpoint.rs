@@ -59,6 +59,48 @@ pub fn to_safetensors(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
         .map_err(|e| Error::msg(format!("safetensors serialization failed: {e}")))
 }
 
+/// A tensor to serialize that borrows its f32 data (a parameter's slice of a flat buffer), or
+/// one i64 (the optimizer's step).
+pub enum Raw<'a> {
+    F32(&'a [f32], Vec<usize>),
+    I64(i64),
+}
+
+impl safetensors::View for Raw<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            Raw::F32(..) => safetensors::Dtype::F32,
+            Raw::I64(_) => safetensors::Dtype::I64,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Raw::F32(_, s) => s,
+            Raw::I64(_) => &[1],
+        }
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Raw::F32(d, _) => d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+            Raw::I64(v) => v.to_le_bytes().to_vec().into(),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            Raw::F32(d, _) => d.len() * 4,
+            Raw::I64(_) => 8,
+        }
+    }
+}
+
+/// As `to_safetensors`, from borrowed data: the same bytes for the same names, shapes and
+/// values, without a copy of every tensor first.
+pub fn raw_to_safetensors(tensors: Vec<(String, Raw)>) -> Result<Vec<u8>> {
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::tensor::serialize(tensors, Some(meta))
+        .map_err(|e| Error::msg(format!("safetensors serialization failed: {e}")))
+}
+
 pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, Tensor>> {
     let m = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
         Error::hint(

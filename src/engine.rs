@@ -13,6 +13,7 @@
 //! - The loss gradient is 1 / grad_accum, rounded to f32, divided by B*T (candle's affine
 //!   backward, then our cross-entropy backward).
 
+use crate::checkpoint::Raw;
 use crate::error::{Error, Result};
 use crate::kernels::layers::{self, Attn};
 use crate::model::Dims;
@@ -57,6 +58,14 @@ impl ParamLayout {
             out.insert(format!("{name}{suffix}"), t);
         }
         Ok(out)
+    }
+
+    /// Borrowed tensors of a flat buffer, for `checkpoint::raw_to_safetensors`.
+    pub fn raw<'a>(&self, flat: &'a [f32], suffix: &str) -> Vec<(String, Raw<'a>)> {
+        self.entries
+            .iter()
+            .map(|(name, shape, r)| (format!("{name}{suffix}"), Raw::F32(&flat[r.clone()], shape.clone())))
+            .collect()
     }
 
     /// A flat buffer from named tensors whose names and shapes were already checked.
@@ -107,7 +116,6 @@ struct LayerActs {
     inv2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    s: Vec<f32>,
 }
 
 /// Buffers for one micro-batch of (B, T) tokens through the model of `dims`.
@@ -183,7 +191,6 @@ impl Engine {
                 inv2: z(n),
                 gate: z(n * f),
                 up: z(n * f),
-                s: z(n * f),
             });
         }
         let (cos, sin) = layers::rope_tables(t, hd, dims.rope_theta);
@@ -218,9 +225,68 @@ impl Engine {
         })
     }
 
-    /// Forward and backward of one micro-batch: inputs `ids` and targets `tg` (B*T each, < V),
-    /// weights `w` (the flat layout). Writes the gradient of (mean loss * `gscale`) into `grad`
-    /// and returns the mean loss.
+    /// The forward pass of `ids` (nb*T tokens, nb <= B, each < V): logits (nb*T, V), with every
+    /// activation the backward needs kept.
+    pub fn forward(&mut self, w: &[f32], ids: &[u32]) -> &[f32] {
+        let d = self.dims;
+        let (c, f, v, t, nh) = (d.d_model, d.d_ff, d.vocab, self.t, d.n_head);
+        let n = ids.len();
+        assert!(n.is_multiple_of(t) && n / t <= self.b && w.len() == self.layout.total, "engine: bad batch");
+        let attn = Attn { b: n / t, t, c, n_head: nh };
+        let eps = d.norm_eps as f32;
+        let (cos, sin) = (&self.cos, &self.sin);
+        let (nc, nf) = (n * c, n * f);
+        let emb = &w[self.embed.clone()];
+        for (row, &id) in self.acts[0].x[..nc].chunks_exact_mut(c).zip(ids) {
+            row.copy_from_slice(&emb[id as usize * c..(id as usize + 1) * c]);
+        }
+        let tmp = &mut self.dtmp[..nc];
+        for l in 0..d.n_layer {
+            let ix = &self.layers[l];
+            let (a, rest) = self.acts[l..].split_first_mut().expect("layer");
+            let (x, h1, inv1) = (&a.x[..nc], &mut a.h1[..nc], &mut a.inv1[..n]);
+            let (q, k, vv, y, p) = (&mut a.q[..nc], &mut a.k[..nc], &mut a.v[..nc], &mut a.y[..nc], &mut a.p);
+            layers::rms_norm_fwd(x, &w[ix.ln1.clone()], eps, h1, inv1);
+            layers::linear_fwd(h1, &w[ix.q.clone()], q, n, c, c);
+            layers::rope_apply(q, t, c, nh, cos, sin, 1.0);
+            layers::linear_fwd(h1, &w[ix.k.clone()], k, n, c, c);
+            layers::rope_apply(k, t, c, nh, cos, sin, 1.0);
+            layers::linear_fwd(h1, &w[ix.v.clone()], vv, n, c, c);
+            layers::attention_fwd(q, k, vv, y, &mut p[..attn.probs_len()], attn);
+            layers::linear_fwd(y, &w[ix.o.clone()], tmp, n, c, c);
+            let xa = &mut a.xa[..nc];
+            add(x, tmp, xa);
+            let (h2, inv2) = (&mut a.h2[..nc], &mut a.inv2[..n]);
+            layers::rms_norm_fwd(xa, &w[ix.ln2.clone()], eps, h2, inv2);
+            let (gate, up, sw) = (&mut a.gate[..nf], &mut a.up[..nf], &mut self.dff[..nf]);
+            layers::linear_fwd(h2, &w[ix.gate.clone()], gate, n, f, c);
+            layers::linear_fwd(h2, &w[ix.up.clone()], up, n, f, c);
+            // silu(gate) * up is not kept: the backward recomputes it (the same bits).
+            layers::swiglu_fwd(gate, up, sw);
+            layers::linear_fwd(sw, &w[ix.down.clone()], tmp, n, c, f);
+            let out = match rest.first_mut() {
+                Some(next) => &mut next.x[..nc],
+                None => &mut self.xf[..nc],
+            };
+            add(xa, tmp, out);
+        }
+        let (xf, hf, invf) = (&self.xf[..nc], &mut self.hf[..nc], &mut self.invf[..n]);
+        layers::rms_norm_fwd(xf, &w[self.norm.clone()], eps, hf, invf);
+        layers::linear_fwd(hf, &w[self.head.clone()], &mut self.logits[..n * v], n, v, c);
+        &self.logits[..n * v]
+    }
+
+    /// Per-token losses of targets `tg` given inputs `ids` (nb*T each, nb <= B), into `out`:
+    /// the same bits as `ops::token_losses` of the candle model's logits.
+    pub fn token_losses(&mut self, w: &[f32], ids: &[u32], tg: &[u32], out: &mut [f32]) {
+        let v = self.dims.vocab;
+        let logits = self.forward(w, ids);
+        layers::ce_losses(logits, tg, v, out);
+    }
+
+    /// Forward and backward of one micro-batch of B*T tokens: inputs `ids`, targets `tg` (each
+    /// < V), weights `w` (the flat layout). Writes the gradient of (mean loss * `gscale`) into
+    /// `grad` and returns the mean loss.
     pub fn forward_backward(
         &mut self,
         w: &[f32],
@@ -231,46 +297,14 @@ impl Engine {
     ) -> f32 {
         let d = self.dims;
         let (c, f, v, n) = (d.d_model, d.d_ff, d.vocab, self.b * self.t);
-        let eps = d.norm_eps as f32;
         let (t, nh) = (self.t, d.n_head);
         let attn = Attn { b: self.b, t, c, n_head: nh };
-        assert!(ids.len() == n && tg.len() == n && w.len() == self.layout.total && grad.len() == w.len());
-        let (cos, sin) = (&self.cos, &self.sin);
-
-        // ---- forward
-        let emb = &w[self.embed.clone()];
-        for (row, &id) in self.acts[0].x.chunks_exact_mut(c).zip(ids) {
-            row.copy_from_slice(&emb[id as usize * c..(id as usize + 1) * c]);
-        }
-        for l in 0..d.n_layer {
-            let ix = &self.layers[l];
-            let (cur, rest) = self.acts[l..].split_first_mut().expect("layer");
-            let a = cur;
-            layers::rms_norm_fwd(&a.x, &w[ix.ln1.clone()], eps, &mut a.h1, &mut a.inv1);
-            layers::linear_fwd(&a.h1, &w[ix.q.clone()], &mut a.q, n, c, c);
-            layers::rope_apply(&mut a.q, t, c, nh, cos, sin, 1.0);
-            layers::linear_fwd(&a.h1, &w[ix.k.clone()], &mut a.k, n, c, c);
-            layers::rope_apply(&mut a.k, t, c, nh, cos, sin, 1.0);
-            layers::linear_fwd(&a.h1, &w[ix.v.clone()], &mut a.v, n, c, c);
-            layers::attention_fwd(&a.q, &a.k, &a.v, &mut a.y, &mut a.p, attn);
-            layers::linear_fwd(&a.y, &w[ix.o.clone()], &mut self.dtmp, n, c, c);
-            add(&a.x, &self.dtmp, &mut a.xa);
-            layers::rms_norm_fwd(&a.xa, &w[ix.ln2.clone()], eps, &mut a.h2, &mut a.inv2);
-            layers::linear_fwd(&a.h2, &w[ix.gate.clone()], &mut a.gate, n, f, c);
-            layers::linear_fwd(&a.h2, &w[ix.up.clone()], &mut a.up, n, f, c);
-            layers::swiglu_fwd(&a.gate, &a.up, &mut a.s);
-            layers::linear_fwd(&a.s, &w[ix.down.clone()], &mut self.dtmp, n, c, f);
-            let out = match rest.first_mut() {
-                Some(next) => &mut next.x,
-                None => &mut self.xf,
-            };
-            add(&a.xa, &self.dtmp, out);
-        }
-        layers::rms_norm_fwd(&self.xf, &w[self.norm.clone()], eps, &mut self.hf, &mut self.invf);
-        layers::linear_fwd(&self.hf, &w[self.head.clone()], &mut self.logits, n, v, c);
+        assert!(ids.len() == n && tg.len() == n && grad.len() == w.len());
+        self.forward(w, ids);
         let k = gscale / n as f32;
         layers::ce_fwd_bwd(&self.logits, tg, v, k, &mut self.dlogits, &mut self.losses);
         let loss = layers::ce_mean(&self.losses);
+        let (cos, sin) = (&self.cos, &self.sin);
 
         // ---- backward
         layers::linear_dw(&self.dlogits, &self.hf, &mut grad[self.head.clone()], n, v, c);
@@ -286,7 +320,8 @@ impl Engine {
         for l in (0..d.n_layer).rev() {
             let (ix, a) = (&self.layers[l], &self.acts[l]);
             // MLP block: x_out = xa + down(swiglu(gate(h2), up(h2))).
-            layers::linear_dw(&self.dres, &a.s, &mut grad[ix.down.clone()], n, c, f);
+            layers::swiglu_fwd(&a.gate, &a.up, &mut self.dgate);
+            layers::linear_dw(&self.dres, &self.dgate, &mut grad[ix.down.clone()], n, c, f);
             layers::linear_dx(&self.dres, &w[ix.down.clone()], &mut self.dff, n, c, f);
             layers::swiglu_bwd(&a.gate, &a.up, &self.dff, &mut self.dgate, &mut self.dup);
             layers::linear_dx(&self.dup, &w[ix.up.clone()], &mut self.dh, n, f, c);
@@ -416,5 +451,15 @@ mod tests {
                 assert!(same, "accum {accum}: gradient of {name} differs");
             }
         }
+        // Evaluation: per-token losses of fewer than B sequences equal candle's forward.
+        let mut e = Engine::new(dims, b, t).unwrap();
+        let w = e.layout.flatten(&m.tensors(), "").unwrap();
+        let (ids2, tg2) = (&ids[..2 * t], &tg[..2 * t]);
+        let mut got = vec![0f32; 2 * t];
+        e.token_losses(&w, ids2, tg2, &mut got);
+        let x = Tensor::from_slice(ids2, (2, t), &Device::Cpu).unwrap();
+        let y = Tensor::from_slice(tg2, 2 * t, &Device::Cpu).unwrap();
+        let want = model::token_losses(&m.forward(&x).unwrap().flatten_to(1).unwrap(), &y).unwrap();
+        assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "eval losses differ");
     }
 }

@@ -7,14 +7,14 @@ use crate::data::{self, Prepared};
 use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, DataRecord, Manifest, Session};
-use crate::model::{self, Dims, Llama};
+use crate::model::{Dims, Llama};
 use crate::optim::{self, AdamW};
 use crate::rng;
 use crate::run::{self, shell_quote, RunDir};
 use crate::sample;
 use crate::tokenizer::Tok;
 use crate::util::{sha256_hex, write_atomic};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -58,34 +58,24 @@ pub struct EvalResult {
 }
 
 /// Mean loss, perplexity and bits per byte over the fixed validation windows.
-pub fn evaluate(model: &Llama, val: &[u16], tok: &Tok, cfg: &Config) -> Result<EvalResult> {
+pub fn evaluate(
+    val: &[u16],
+    tok: &Tok,
+    cfg: &Config,
+    losses_of: &mut dyn FnMut(&[u32], &[u32]) -> Result<Vec<f32>>,
+) -> Result<EvalResult> {
     let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
     let offsets = data::eval_offsets(val.len(), b * cfg.eval.batches as usize, t);
     let (mut nats, mut tokens, mut bytes) = (0f64, 0u64, 0u64);
     for chunk in offsets.chunks(b) {
-        let (x, y) = make_batch(val, chunk, t)?;
-        let logits = model.forward(&x)?.flatten_to(1)?; // (B*T, V)
-        let losses = model::token_losses(&logits, &y)?;
+        let (x, y) = batch_ids(val, chunk, t);
+        let losses = losses_of(&x, &y)?;
         nats += losses.iter().map(|&l| l as f64).sum::<f64>();
         tokens += losses.len() as u64;
-        bytes += y.to_vec1::<u32>()?.iter().map(|&id| tok.byte_len(id) as u64).sum::<u64>();
+        bytes += y.iter().map(|&id| tok.byte_len(id) as u64).sum::<u64>();
     }
     let loss = nats / tokens as f64;
     Ok(EvalResult { loss, ppl: libm::exp(loss), bpb: nats / std::f64::consts::LN_2 / bytes.max(1) as f64 })
-}
-
-/// Inputs (B, T) and flattened targets (B*T) for windows starting at `offsets`.
-pub fn make_batch(tokens: &[u16], offsets: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
-    let mut x = Vec::with_capacity(offsets.len() * t);
-    let mut y = Vec::with_capacity(offsets.len() * t);
-    for &o in offsets {
-        x.extend(tokens[o..o + t].iter().map(|&v| v as u32));
-        y.extend(tokens[o + 1..o + t + 1].iter().map(|&v| v as u32));
-    }
-    Ok((
-        Tensor::from_vec(x, (offsets.len(), t), &Device::Cpu)?,
-        Tensor::from_vec(y, offsets.len() * t, &Device::Cpu)?,
-    ))
 }
 
 /// Settings that differ between a checkpoint's config and ours and would change the weights.
@@ -294,6 +284,17 @@ impl<'a> Trainer<'a> {
         self.w.len()
     }
 
+    /// Validation loss of the current weights (`evaluate`), through the training forward pass.
+    pub fn evaluate(&mut self, val: &[u16], tok: &Tok) -> Result<EvalResult> {
+        let (engine, w, vocab) = (&mut self.engine, &self.w, self.dims.vocab);
+        evaluate(val, tok, self.cfg, &mut |x: &[u32], y: &[u32]| {
+            check_ids(x.iter().chain(y), vocab)?;
+            let mut out = vec![0f32; y.len()];
+            engine.token_losses(w, x, y, &mut out);
+            Ok(out)
+        })
+    }
+
     /// The optimizer state as named tensors.
     pub fn opt_state(&self) -> Result<BTreeMap<String, Tensor>> {
         self.opt.state()
@@ -337,12 +338,7 @@ impl<'a> Trainer<'a> {
         for micro in 0..accum {
             let offsets = data::batch_offsets(cfg.run.seed, self.step, micro, self.tokens.len(), b, t);
             let (x, y) = batch_ids(self.tokens, &offsets, t);
-            if let Some(bad) = x.iter().chain(&y).find(|&&id| id as usize >= self.dims.vocab) {
-                return Err(Error::msg(format!(
-                    "token id {bad} is outside the vocabulary of {}; the data cache does not match the tokenizer",
-                    self.dims.vocab
-                )));
-            }
+            check_ids(x.iter().chain(&y), self.dims.vocab)?;
             let loss = self.engine.forward_backward(&self.w, &x, &y, gscale, &mut self.grad);
             loss_sum += loss as f64;
             if micro == 0 && !self.acc.is_empty() {
@@ -359,11 +355,21 @@ impl<'a> Trainer<'a> {
     /// The checkpoint files of the current state: (name, bytes), config and tokenizer given.
     pub fn files(&self, config: &[u8], tokenizer: &[u8]) -> Result<Vec<(&'static str, Vec<u8>)>> {
         Ok(vec![
-            (MODEL_FILE, checkpoint::to_safetensors(&self.model_tensors()?)?),
-            (OPTIM_FILE, checkpoint::to_safetensors(&self.opt.state()?)?),
+            (MODEL_FILE, checkpoint::raw_to_safetensors(self.engine.layout.raw(&self.w, ""))?),
+            (OPTIM_FILE, self.opt.state_safetensors()?),
             (CONFIG_FILE, config.to_vec()),
             (TOKENIZER_FILE, tokenizer.to_vec()),
         ])
+    }
+}
+
+/// Every token id must index the embedding table.
+fn check_ids<'b>(mut ids: impl Iterator<Item = &'b u32>, vocab: usize) -> Result<()> {
+    match ids.find(|&&id| id as usize >= vocab) {
+        Some(bad) => Err(Error::msg(format!(
+            "token id {bad} is outside the vocabulary of {vocab}; the data cache does not match the tokenizer"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -381,13 +387,14 @@ fn batch_ids(tokens: &[u16], offsets: &[usize], t: usize) -> (Vec<u32>, Vec<u32>
 /// Evaluate, then sample from `eval.prompt` with a stream keyed by step (its own purpose, so
 /// sampling never touches the training streams).
 fn eval_and_sample(
-    model: &Llama,
+    trainer: &mut Trainer,
     val: &[u16],
     tok: &Tok,
     cfg: &Config,
     step: u64,
 ) -> Result<(EvalResult, String)> {
-    let ev = evaluate(model, val, tok, cfg)?;
+    let ev = trainer.evaluate(val, tok)?;
+    let model = trainer.model()?;
     let mut r = rng::stream(cfg.run.seed, "eval-sample", &step.to_string());
     let e = &cfg.eval;
     let d = sample::Decode {
@@ -396,7 +403,7 @@ fn eval_and_sample(
         top_k: e.top_k as usize,
         ctx: cfg.train.context as usize,
     };
-    let text = sample::generate(model, tok, &e.prompt, &d, &mut r)?;
+    let text = sample::generate(&model, tok, &e.prompt, &d, &mut r)?;
     Ok((ev, text))
 }
 
@@ -578,7 +585,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let last = done == steps;
         let mut val_loss = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {
-            let (ev, text) = eval_and_sample(&trainer.model()?, &val_tokens, &tok, cfg, done)?;
+            let (ev, text) = eval_and_sample(&mut trainer, &val_tokens, &tok, cfg, done)?;
             log(&format!(
                 "step {done}: val loss {:.4} | ppl {:.2} | bits/byte {:.4}\n  sample: {}",
                 ev.loss,
