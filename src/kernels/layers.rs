@@ -187,9 +187,16 @@ fn head_rows(d: &[f32], g: Attn, h: usize, r0: usize) -> MatRef<'_> {
     MatRef { data: &d[r0 * g.c + h * g.hd()..], rs: g.c, cs: 1 }
 }
 
-/// The transpose (Dh, T) of `head_rows` from row 0.
-fn head_cols(d: &[f32], g: Attn, h: usize) -> MatRef<'_> {
-    MatRef { data: &d[h * g.hd()..], rs: 1, cs: g.c }
+/// The transpose (Dh, T) of head `h` of a (T, C) block, copied row-major into `dst`, so that
+/// the matmul packs it with contiguous copies instead of a strided gather per slab.
+fn transpose_head<'a>(src: &[f32], g: Attn, h: usize, dst: &'a mut [f32]) -> MatRef<'a> {
+    let (t, hd) = (g.t, g.hd());
+    for (j, row) in src.chunks_exact(g.c).enumerate() {
+        for (dd, &x) in row[h * hd..(h + 1) * hd].iter().enumerate() {
+            dst[dd * t + j] = x;
+        }
+    }
+    MatRef::rows(dst, t)
 }
 
 /// Copy a (rows, Dh) block into head `h` of a (T, C) block from row `r0`.
@@ -225,12 +232,14 @@ pub fn attention_fwd(q: &[f32], k: &[f32], v: &[f32], y: &mut [f32], p: &mut [f3
             (&q[bi * tc..(bi + 1) * tc], &k[bi * tc..(bi + 1) * tc], &v[bi * tc..(bi + 1) * tc]);
         let mut s = vec![0f32; SLAB * t];
         let mut o = vec![0f32; SLAB * hd];
+        let mut kt = vec![0f32; hd * t];
         for (h, ph) in pb.chunks_mut(t * t).enumerate() {
+            let kt = transpose_head(kb, g, h, &mut kt);
             for (r0, r1) in g.slabs() {
                 let (rows, keff) = (r1 - r0, r1);
                 // S (rows, keff) = Q[r0..r1] K[..keff]^T: every j <= i of these rows.
                 let s = &mut s[..rows * keff];
-                matmul_serial(head_rows(qb, g, h, r0), head_cols(kb, g, h), s, rows, keff, hd);
+                matmul_serial(head_rows(qb, g, h, r0), kt, s, rows, keff, hd);
                 for (ii, srow) in s.chunks(keff).enumerate() {
                     let i = r0 + ii;
                     let prow = &mut ph[i * t..(i + 1) * t];
@@ -271,12 +280,14 @@ pub fn attention_bwd(
             let mut dp = vec![0f32; SLAB * t];
             let mut ds = vec![0f32; t * t];
             let mut o = vec![0f32; SLAB * hd];
+            let mut vt = vec![0f32; hd * t];
             for (h, ph) in pb.chunks(t * t).enumerate() {
+                let vt = transpose_head(vb, g, h, &mut vt);
                 for (r0, r1) in g.slabs() {
                     let (rows, keff) = (r1 - r0, r1);
                     // dP (rows, keff) = dY[r0..r1] V[..keff]^T
                     let dp = &mut dp[..rows * keff];
-                    matmul_serial(head_rows(dyb, g, h, r0), head_cols(vb, g, h), dp, rows, keff, hd);
+                    matmul_serial(head_rows(dyb, g, h, r0), vt, dp, rows, keff, hd);
                     // dS = P * (dP - sum_j P dP) * scale on j <= i, 0 above.
                     for (ii, dpr) in dp.chunks(keff).enumerate() {
                         let i = r0 + ii;
