@@ -16,6 +16,7 @@
 use crate::checkpoint::Raw;
 use crate::error::{Error, Result};
 use crate::kernels::layers::{self, Attn};
+use crate::kernels::wide;
 use crate::model::Dims;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -390,20 +391,31 @@ const ELEMS: usize = 16384;
 
 /// out = a + b, elementwise.
 fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(ELEMS).zip(a.par_chunks(ELEMS)).zip(b.par_chunks(ELEMS)).for_each(|((o, a), b)| {
-        for i in 0..o.len() {
-            o[i] = a[i] + b[i];
-        }
-    });
+    out.par_chunks_mut(ELEMS)
+        .zip(a.par_chunks(ELEMS))
+        .zip(b.par_chunks(ELEMS))
+        .for_each(|((o, a), b)| add_chunk(a, b, o));
 }
 
 /// a += b, elementwise.
 fn add_assign(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(ELEMS).zip(b.par_chunks(ELEMS)).for_each(|(a, b)| {
-        for i in 0..a.len() {
-            a[i] += b[i];
+    a.par_chunks_mut(ELEMS).zip(b.par_chunks(ELEMS)).for_each(|(a, b)| add_assign_chunk(a, b));
+}
+
+wide! {
+    fn add_chunk(a: &[f32], b: &[f32], out: &mut [f32]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x + y;
         }
-    });
+    }
+}
+
+wide! {
+    fn add_assign_chunk(a: &mut [f32], b: &[f32]) {
+        for (x, &y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+    }
 }
 
 #[cfg(test)]

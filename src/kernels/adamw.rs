@@ -3,6 +3,7 @@
 //! f64 with libm and rounded once to f32.
 
 use super::math::sum_map_f64;
+use super::wide;
 use rayon::prelude::*;
 
 /// The per-step constants of one AdamW update, as the kernel uses them.
@@ -49,15 +50,18 @@ pub fn update(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Step, 
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK))
-        .for_each(|(((w, m), v), g)| {
-            for i in 0..w.len() {
-                let gi = g[i];
-                m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
-                v[i] = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
-                let u = (m[i] * s.inv_bc1) / ((v[i] * s.inv_bc2).sqrt() + s.eps);
-                w[i] = w[i] * decay - s.lr * u;
-            }
-        });
+        .for_each(|(((w, m), v), g)| update_chunk(w, g, m, v, s, decay));
+}
+
+wide! {
+    fn update_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Step, decay: f32) {
+        for (((w, m), v), &gi) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            *m = s.beta1 * *m + s.one_minus_beta1 * gi;
+            *v = s.beta2 * *v + s.one_minus_beta2 * (gi * gi);
+            let u = (*m * s.inv_bc1) / ((*v * s.inv_bc2).sqrt() + s.eps);
+            *w = *w * decay - s.lr * u;
+        }
+    }
 }
 
 /// Sum of squares of one gradient in f64 (each square is exact), in the 8-lane order.

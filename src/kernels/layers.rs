@@ -10,6 +10,7 @@
 
 use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
 use super::matmul::{matmul, matmul_serial, MatRef};
+use super::wide;
 use rayon::prelude::*;
 
 /// Row chunk for parallel loops over rows of width `c`: only the schedule depends on it.
@@ -48,17 +49,48 @@ pub fn rms_inv(row: &[f32], eps: f32) -> f32 {
 pub fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) {
     let c = w.len();
     let rows = rows_per_task(c);
-    y.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).zip(inv.par_chunks_mut(rows)).for_each(
-        |((yb, xb), ib)| {
-            for ((yr, xr), iv) in yb.chunks_mut(c).zip(xb.chunks(c)).zip(ib.iter_mut()) {
-                let r = rms_inv(xr, eps);
-                *iv = r;
-                for i in 0..c {
-                    yr[i] = (xr[i] * r) * w[i];
-                }
+    y.par_chunks_mut(rows * c)
+        .zip(x.par_chunks(rows * c))
+        .zip(inv.par_chunks_mut(rows))
+        .for_each(|((yb, xb), ib)| rms_rows_fwd(xb, w, eps, yb, ib));
+}
+
+wide! {
+    fn rms_rows_fwd(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv: &mut [f32]) {
+        let c = w.len();
+        for ((yr, xr), iv) in y.chunks_mut(c).zip(x.chunks(c)).zip(inv.iter_mut()) {
+            let r = rms_inv(xr, eps);
+            *iv = r;
+            for ((y, &x), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                *y = (x * r) * wi;
             }
-        },
-    );
+        }
+    }
+}
+
+wide! {
+    fn rms_rows_bwd(x: &[f32], w: &[f32], inv: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let c = w.len();
+        for (((dr, xr), gr), &iv) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)).zip(inv) {
+            let mu = sum_map(c, |i| (gr[i] * w[i]) * (xr[i] * iv)) / c as f32;
+            for (((d, &x), &g), &wi) in dr.iter_mut().zip(xr).zip(gr).zip(w) {
+                *d = ((g * wi) - (x * iv) * mu) * iv;
+            }
+        }
+    }
+}
+
+wide! {
+    /// dw[c0..c0 + dw.len()] of RMSNorm: each column a sum over the rows in order.
+    fn rms_dw_cols(x: &[f32], dy: &[f32], inv: &[f32], c: usize, c0: usize, dw: &mut [f32]) {
+        let w = dw.len();
+        dw.fill(0.0);
+        for ((xr, gr), &iv) in x.chunks(c).zip(dy.chunks(c)).zip(inv) {
+            for ((d, &g), &x) in dw.iter_mut().zip(&gr[c0..c0 + w]).zip(&xr[c0..c0 + w]) {
+                *d += g * (x * iv);
+            }
+        }
+    }
 }
 
 /// The per-row inv of `rms_norm_fwd`, for callers that did not keep it.
@@ -75,26 +107,11 @@ pub fn rms_norm_bwd(x: &[f32], w: &[f32], inv: &[f32], dy: &[f32], dx: &mut [f32
         .zip(x.par_chunks(rows * c))
         .zip(dy.par_chunks(rows * c))
         .zip(inv.par_chunks(rows))
-        .for_each(|(((db, xb), gb), ib)| {
-            for (((dr, xr), gr), &iv) in db.chunks_mut(c).zip(xb.chunks(c)).zip(gb.chunks(c)).zip(ib) {
-                let mu = sum_map(c, |i| (gr[i] * w[i]) * (xr[i] * iv)) / c as f32;
-                for i in 0..c {
-                    dr[i] = ((gr[i] * w[i]) - (xr[i] * iv) * mu) * iv;
-                }
-            }
-        });
+        .for_each(|(((db, xb), gb), ib)| rms_rows_bwd(xb, w, ib, gb, db));
     // Columns are independent sums, so they may be split over threads; each runs over the rows
     // in order.
     const COLS: usize = 32;
-    dw.par_chunks_mut(COLS).enumerate().for_each(|(blk, dwb)| {
-        let c0 = blk * COLS;
-        dwb.fill(0.0);
-        for ((xr, gr), &iv) in x.chunks(c).zip(dy.chunks(c)).zip(inv) {
-            for (i, d) in dwb.iter_mut().enumerate() {
-                *d += gr[c0 + i] * (xr[c0 + i] * iv);
-            }
-        }
-    });
+    dw.par_chunks_mut(COLS).enumerate().for_each(|(blk, dwb)| rms_dw_cols(x, dy, inv, c, blk * COLS, dwb));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,23 +138,30 @@ pub fn rope_tables(t: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
 /// is also the transpose (the backward).
 pub fn rope_apply(x: &mut [f32], t: usize, c: usize, n_head: usize, cos: &[f32], sin: &[f32], sign: f32) {
     let hd = c / n_head;
-    let half = hd / 2;
     let rows = rows_per_task(c);
-    x.par_chunks_mut(rows * c).enumerate().for_each(|(blk, xb)| {
-        for (r, xr) in xb.chunks_mut(c).enumerate() {
-            let pos = (blk * rows + r) % t;
+    x.par_chunks_mut(rows * c)
+        .enumerate()
+        .for_each(|(blk, xb)| rope_rows(xb, blk * rows, t, c, hd, cos, sin, sign));
+}
+
+wide! {
+    /// Rows row0.. of `rope_apply`.
+    fn rope_rows(x: &mut [f32], row0: usize, t: usize, c: usize, hd: usize, cos: &[f32], sin: &[f32], sign: f32) {
+        let half = hd / 2;
+        for (r, xr) in x.chunks_mut(c).enumerate() {
+            let pos = (row0 + r) % t;
             let (cs, sn) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
-            for h in 0..n_head {
-                let o = h * hd;
-                for j in 0..half {
-                    let (x1, x2) = (xr[o + j], xr[o + half + j]);
-                    let s = sign * sn[j];
-                    xr[o + j] = x1 * cs[j] - x2 * s;
-                    xr[o + half + j] = x2 * cs[j] + x1 * s;
+            for head in xr.chunks_exact_mut(hd) {
+                let (x1s, x2s) = head.split_at_mut(half);
+                for (((x1, x2), &cj), &sj) in x1s.iter_mut().zip(x2s.iter_mut()).zip(cs).zip(sn) {
+                    let (a, b) = (*x1, *x2);
+                    let s = sign * sj;
+                    *x1 = a * cj - b * s;
+                    *x2 = b * cj + a * s;
                 }
             }
         }
-    });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,18 +232,31 @@ fn put_head(dst: &mut [f32], src: &[f32], g: Attn, h: usize, r0: usize) {
     }
 }
 
-/// In place: row[..len] = softmax(row[..len] * scale).
-fn softmax_prefix(row: &mut [f32], len: usize, scale: f32) {
-    for x in row[..len].iter_mut() {
-        *x *= scale;
+wide! {
+    /// In place: row = softmax(row * scale).
+    fn softmax(row: &mut [f32], scale: f32) {
+        for x in row.iter_mut() {
+            *x *= scale;
+        }
+        let m = math::max(row);
+        for x in row.iter_mut() {
+            *x = exp(*x - m);
+        }
+        let s = math::sum(row);
+        for x in row.iter_mut() {
+            *x /= s;
+        }
     }
-    let m = math::max(&row[..len]);
-    for x in row[..len].iter_mut() {
-        *x = exp(*x - m);
-    }
-    let s = math::sum(&row[..len]);
-    for x in row[..len].iter_mut() {
-        *x /= s;
+}
+
+wide! {
+    /// One row of dS: dr[j] = (p[j] * (dp[j] - sum_j p dp)) * scale over p's length.
+    fn ds_row(p: &[f32], dp: &[f32], dr: &mut [f32], scale: f32) {
+        let n = p.len();
+        let rsum = sum_map(n, |j| p[j] * dp[j]);
+        for ((d, &pj), &dpj) in dr.iter_mut().zip(p).zip(dp) {
+            *d = (pj * (dpj - rsum)) * scale;
+        }
     }
 }
 
@@ -244,7 +281,7 @@ pub fn attention_fwd(q: &[f32], k: &[f32], v: &[f32], y: &mut [f32], p: &mut [f3
                     let i = r0 + ii;
                     let prow = &mut ph[i * t..(i + 1) * t];
                     prow[..=i].copy_from_slice(&srow[..=i]);
-                    softmax_prefix(prow, i + 1, g.scale());
+                    softmax(&mut prow[..=i], g.scale());
                     prow[i + 1..].fill(0.0);
                 }
                 // Y[r0..r1] = P[r0..r1, ..keff] V[..keff]
@@ -293,10 +330,7 @@ pub fn attention_bwd(
                         let i = r0 + ii;
                         let pr = &ph[i * t..i * t + i + 1];
                         let dr = &mut ds[i * t..i * t + keff];
-                        let rsum = sum_map(i + 1, |j| pr[j] * dpr[j]);
-                        for j in 0..=i {
-                            dr[j] = (pr[j] * (dpr[j] - rsum)) * g.scale();
-                        }
+                        ds_row(pr, &dpr[..=i], &mut dr[..=i], g.scale());
                         dr[i + 1..].fill(0.0);
                     }
                     // dQ[r0..r1] = dS[r0..r1, ..keff] K[..keff]
@@ -329,30 +363,45 @@ pub fn attention_bwd(
 const ELEMS: usize = 16384;
 
 pub fn swiglu_fwd(g: &[f32], u: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(ELEMS).zip(g.par_chunks(ELEMS)).zip(u.par_chunks(ELEMS)).for_each(|((yb, gb), ub)| {
-        for i in 0..yb.len() {
-            yb[i] = (gb[i] * sigmoid(gb[i])) * ub[i];
+    y.par_chunks_mut(ELEMS)
+        .zip(g.par_chunks(ELEMS))
+        .zip(u.par_chunks(ELEMS))
+        .for_each(|((yb, gb), ub)| swiglu_chunk(gb, ub, yb));
+}
+
+wide! {
+    fn swiglu_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
+        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = (g * sigmoid(g)) * u;
         }
-    });
+    }
+}
+
+wide! {
+    fn swiglu_bwd_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        for ((((dg, du), &x), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+            let s = sigmoid(x);
+            // silu'(x) = s (1 + x (1 - s))
+            *dg = (d * u) * (s * (1.0 + x * (1.0 - s)));
+            *du = d * (x * s);
+        }
+    }
 }
 
 pub fn swiglu_bwd(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    dg.par_chunks_mut(ELEMS).zip(du.par_chunks_mut(ELEMS)).enumerate().for_each(|(blk, (dgb, dub))| {
-        let o = blk * ELEMS;
-        for i in 0..dgb.len() {
-            let (x, d) = (g[o + i], dy[o + i]);
-            let s = sigmoid(x);
-            // silu'(x) = s (1 + x (1 - s))
-            dgb[i] = (d * u[o + i]) * (s * (1.0 + x * (1.0 - s)));
-            dub[i] = d * (x * s);
-        }
-    });
+    dg.par_chunks_mut(ELEMS)
+        .zip(du.par_chunks_mut(ELEMS))
+        .zip(g.par_chunks(ELEMS))
+        .zip(u.par_chunks(ELEMS))
+        .zip(dy.par_chunks(ELEMS))
+        .for_each(|((((dgb, dub), gb), ub), dyb)| swiglu_bwd_chunk(gb, ub, dyb, dgb, dub));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy: per row ln(sum_j e^(x_j - m)) - (x_t - m), m = max_j x_j
 
 /// One row's loss, and its exps (into `e`) and their sum.
+#[inline(always)]
 fn ce_row(row: &[f32], target: usize, e: &mut [f32]) -> (f32, f32) {
     let m = math::max(row);
     for (ej, &x) in e.iter_mut().zip(row) {
@@ -362,11 +411,31 @@ fn ce_row(row: &[f32], target: usize, e: &mut [f32]) -> (f32, f32) {
     (ln(s) - (row[target] - m), s)
 }
 
+wide! {
+    fn ce_row_loss(row: &[f32], target: usize, e: &mut [f32]) -> f32 {
+        ce_row(row, target, e).0
+    }
+}
+
+wide! {
+    /// One row's loss, and its gradient (p - [j = t]) * k into `dr`.
+    fn ce_row_grad(row: &[f32], t: usize, k: f32, dr: &mut [f32]) -> f32 {
+        let (l, s) = ce_row(row, t, dr);
+        let et = dr[t];
+        for d in dr.iter_mut() {
+            *d = (*d / s) * k;
+        }
+        // The target's term is (p - 1) * k, from the same p = e / s.
+        dr[t] = ((et / s) - 1.0) * k;
+        l
+    }
+}
+
 /// Per-row losses of logits x (N, V) against targets (N), each < V.
 pub fn ce_losses(x: &[f32], tg: &[u32], v: usize, out: &mut [f32]) {
     out.par_iter_mut().enumerate().for_each_init(
         || vec![0f32; v],
-        |e, (i, o)| *o = ce_row(&x[i * v..(i + 1) * v], tg[i] as usize, e).0,
+        |e, (i, o)| *o = ce_row_loss(&x[i * v..(i + 1) * v], tg[i] as usize, e),
     );
 }
 
@@ -380,12 +449,6 @@ pub fn ce_mean(losses: &[f32]) -> f32 {
 /// row's loss into `losses` (the same bits as `ce_losses`).
 pub fn ce_fwd_bwd(x: &[f32], tg: &[u32], v: usize, k: f32, dx: &mut [f32], losses: &mut [f32]) {
     dx.par_chunks_mut(v).zip(losses.par_iter_mut()).enumerate().for_each(|(i, (dr, loss))| {
-        let t = tg[i] as usize;
-        let (l, s) = ce_row(&x[i * v..(i + 1) * v], t, dr);
-        *loss = l;
-        for (j, d) in dr.iter_mut().enumerate() {
-            let p = *d / s;
-            *d = if j == t { (p - 1.0) * k } else { p * k };
-        }
+        *loss = ce_row_grad(&x[i * v..(i + 1) * v], tg[i] as usize, k, dr);
     });
 }

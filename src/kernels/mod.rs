@@ -122,6 +122,34 @@ pub fn path() -> Path {
     })
 }
 
+/// `wide! { fn name(args) -> R { body } }` defines `name`, which runs `body` compiled for AVX2
+/// (without FMA) when the AVX2 path is in use, else as built. For the element-wise loops: wider
+/// vectors run the same IEEE operations per lane, and Rust never contracts `a * b + c` into an
+/// fma, so the bits are the same either way (the golden test runs both paths).
+macro_rules! wide {
+    ($(#[$doc:meta])* fn $name:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::path() == $crate::kernels::Path::Avx2 {
+                // SAFETY: the Avx2 path is only chosen when the CPU has AVX2 (`Path::available`).
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide;
+
 /// The dispatch path name, for the manifest: "avx2-fma", "neon" or "scalar".
 pub fn dispatch_path() -> &'static str {
     path().name()
