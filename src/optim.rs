@@ -10,6 +10,7 @@ use crate::engine::ParamLayout;
 use crate::error::{Error, Result};
 use crate::kernels::adamw;
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total` steps,
@@ -101,9 +102,12 @@ impl AdamW {
 /// Global L2 norm of the flat gradients: each parameter's sum of squares in f64 (the kernels'
 /// 8-lane order), added in the layout's (sorted name) order, so it is reproducible.
 pub fn grad_norm(layout: &ParamLayout, g: &[f32]) -> f64 {
+    // Each parameter's sum on any thread; the sums are added in layout order.
+    let sums: Vec<f64> =
+        layout.entries.par_iter().map(|(_, _, r)| adamw::sum_squares(&g[r.clone()])).collect();
     let mut total = 0f64;
-    for (_, _, r) in &layout.entries {
-        total += adamw::sum_squares(&g[r.clone()]);
+    for s in sums {
+        total += s;
     }
     total.sqrt()
 }

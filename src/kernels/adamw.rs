@@ -74,8 +74,14 @@ pub fn sum_squares(g: &[f32]) -> f64 {
 
 /// Multiply every element by `s` (gradient clipping).
 pub fn scale(g: &mut [f32], s: f32) {
-    for x in g.iter_mut() {
-        *x *= s;
+    g.par_chunks_mut(1 << 16).for_each(|c| scale_chunk(c, s));
+}
+
+wide! {
+    fn scale_chunk(g: &mut [f32], s: f32) {
+        for x in g.iter_mut() {
+            *x *= s;
+        }
     }
 }
 
