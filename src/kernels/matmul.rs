@@ -6,9 +6,9 @@
 //! same bits, and they depend on nothing but A and B.
 //!
 //! Layout: a microkernel keeps a 6 x 16 tile of C in registers, broadcasts A[i, k] and fmas it
-//! with B[k, j..j+16]. B is always packed into contiguous `[k][16]` panels (zero-padded); a
-//! row-major A is read in place, other layouts (and partial edge tiles) are packed into `[k][6]`
-//! tiles of A, zero-padded. Padding only feeds rows and columns that are thrown away.
+//! with B[k, j..j+16]. B is always packed into contiguous `[k][16]` panels and A, per k-block,
+//! into contiguous `[k][6]` tiles (both zero-padded), so the microkernel reads both with
+//! constant strides. Padding only feeds rows and columns that are thrown away.
 
 use super::Path;
 use rayon::prelude::*;
@@ -136,9 +136,9 @@ impl Panels {
         Panels { packed, k }
     }
 
-    /// Panel p from k0 on: (data, stride between consecutive k).
-    fn get(&self, p: usize, k0: usize) -> (&[f32], usize) {
-        (&self.packed[(p * self.k + k0) * NR..], NR)
+    /// Panel p from k0 on (`[k][16]`).
+    fn get(&self, p: usize, k0: usize) -> &[f32] {
+        &self.packed[(p * self.k + k0) * NR..]
     }
 }
 
@@ -172,54 +172,40 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
     }
 }
 
-/// Rows r0..r0+mb of C. Row-major A is read in place (full 6-row tiles); other layouts and
-/// the last partial tile are packed per k-block.
+/// Rows r0..r0+mb of C. Per k-block, every 6-row tile of A is packed into a contiguous
+/// `[k][6]` tile (zero-padded) that every column panel reuses.
 #[allow(clippy::too_many_arguments)]
 fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
     let tiles = mb.div_ceil(MR);
     let panels = n.div_ceil(NR);
-    // A is always packed into contiguous [k][6] tiles per k-block (reused by every panel).
-    let direct_a = a.cs == 1;
-    let mut ap = vec![0f32; if direct_a { KC.min(k) * MR } else { tiles * KC.min(k) * MR }];
+    let mut ap = vec![0f32; tiles * KC.min(k) * MR];
     let mut edge = [0f32; MR * NR];
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
-        if !direct_a {
-            for t in 0..tiles {
-                let tile = &mut ap[t * kc * MR..(t + 1) * kc * MR];
-                pack_a(a, r0 + t * MR, MR.min(mb - t * MR), k0, kc, tile);
-            }
-        } else if !mb.is_multiple_of(MR) {
-            let t = tiles - 1;
-            pack_a(a, r0 + t * MR, mb - t * MR, k0, kc, &mut ap[..kc * MR]);
+        for t in 0..tiles {
+            let tile = &mut ap[t * kc * MR..(t + 1) * kc * MR];
+            pack_a(a, r0 + t * MR, MR.min(mb - t * MR), k0, kc, tile);
         }
         for p in 0..panels {
             let j0 = p * NR;
             let w = NR.min(n - j0);
-            let (bpanel, bs) = bp.get(p, k0);
+            let bpanel = bp.get(p, k0);
             for t in 0..tiles {
                 let i0 = t * MR;
                 let h = MR.min(mb - i0);
-                let (atile, ars, acs) = if !direct_a {
-                    (&ap[t * kc * MR..(t + 1) * kc * MR], 1, MR)
-                } else if h < MR {
-                    (&ap[..kc * MR], 1, MR)
-                } else {
-                    (&a.data[(r0 + i0) * a.rs + k0..], a.rs, 1)
-                };
-                let am = Tile { data: atile, rs: ars, cs: acs };
+                let atile = &ap[t * kc * MR..(t + 1) * kc * MR];
                 if h == MR && w == NR {
                     let cs = &mut c[i0 * n + j0..(i0 + MR - 1) * n + j0 + NR];
-                    micro(path, kc, am, bpanel, bs, cs, n, load);
+                    micro(path, kc, atile, bpanel, cs, n, load);
                 } else {
                     for r in 0..h {
                         edge[r * NR..r * NR + w]
                             .copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
                     }
-                    micro(path, kc, am, bpanel, bs, &mut edge, NR, load);
+                    micro(path, kc, atile, bpanel, &mut edge, NR, load);
                     for r in 0..h {
                         c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]
                             .copy_from_slice(&edge[r * NR..r * NR + w]);
@@ -231,35 +217,21 @@ fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize
     }
 }
 
-/// A 6-row slice of A for the microkernel: element (r, k) at `data[r * rs + k * cs]`.
-#[derive(Clone, Copy)]
-struct Tile<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-/// The 6 x 16 tile at `c` (row stride `ldc`):
-/// acc = load ? c : +0; for k in 0..kc: acc[r][j] = fma(A[r][k], B[k][j], acc[r][j]); c = acc.
-/// B[k][j] is `b[k * bs + j]`.
-#[allow(clippy::too_many_arguments)]
+/// The 6 x 16 tile at `c` (row stride `ldc`), from a packed A tile `a` (`[k][6]`) and a packed
+/// B panel `b` (`[k][16]`):
+/// acc = load ? c : +0; for k in 0..kc: acc[r][j] = fma(a[k][r], b[k][j], acc[r][j]); c = acc.
 #[inline]
-fn micro(path: Path, kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: usize, load: bool) {
-    assert!(kc > 0);
-    assert!(a.data.len() > (MR - 1) * a.rs + (kc - 1) * a.cs);
-    assert!(b.len() >= (kc - 1) * bs + NR && c.len() > (MR - 1) * ldc + NR - 1);
+fn micro(path: Path, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, load: bool) {
+    assert!(kc > 0 && a.len() >= kc * MR && b.len() >= kc * NR);
+    assert!(c.len() > (MR - 1) * ldc + NR - 1);
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_with` checked that the CPU has AVX2 and FMA; the bounds are asserted.
-        Path::Avx2 => unsafe {
-            micro_avx2(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load)
-        },
+        Path::Avx2 => unsafe { micro_avx2(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, load) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `matmul_with` checked that the CPU has NEON; the bounds are asserted.
-        Path::Neon => unsafe {
-            micro_neon(kc, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), bs, c.as_mut_ptr(), ldc, load)
-        },
-        _ => micro_scalar(kc, a, b, bs, c, ldc, load),
+        Path::Neon => unsafe { micro_neon(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, load) },
+        _ => micro_scalar(kc, a, b, c, ldc, load),
     }
 }
 
@@ -277,7 +249,7 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-fn micro_scalar(kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: usize, load: bool) {
+fn micro_scalar(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, load: bool) {
     let mut acc = [0f32; MR * NR];
     if load {
         for r in 0..MR {
@@ -285,9 +257,9 @@ fn micro_scalar(kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: us
         }
     }
     for kk in 0..kc {
-        let bk = &b[kk * bs..kk * bs + NR];
+        let bk = &b[kk * NR..kk * NR + NR];
         for r in 0..MR {
-            let av = a.data[r * a.rs + kk * a.cs];
+            let av = a[kk * MR + r];
             let row = &mut acc[r * NR..r * NR + NR];
             for (cj, &bj) in row.iter_mut().zip(bk) {
                 *cj = fma(av, bj, *cj);
@@ -301,18 +273,7 @@ fn micro_scalar(kc: usize, a: Tile, b: &[f32], bs: usize, c: &mut [f32], ldc: us
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_avx2(
-    kc: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    bs: usize,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-) {
+unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     if load {
@@ -327,30 +288,47 @@ unsafe fn micro_avx2(
     let [mut c30, mut c31] = acc[3];
     let [mut c40, mut c41] = acc[4];
     let [mut c50, mut c51] = acc[5];
-    let (a0, a1, a2, a3, a4, a5) =
-        (a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars));
-    for kk in 0..kc {
-        let b0 = _mm256_loadu_ps(b.add(kk * bs));
-        let b1 = _mm256_loadu_ps(b.add(kk * bs + 8));
-        let o = kk * acs;
-        let x = _mm256_broadcast_ss(&*a0.add(o));
-        c00 = _mm256_fmadd_ps(x, b0, c00);
-        c01 = _mm256_fmadd_ps(x, b1, c01);
-        let x = _mm256_broadcast_ss(&*a1.add(o));
-        c10 = _mm256_fmadd_ps(x, b0, c10);
-        c11 = _mm256_fmadd_ps(x, b1, c11);
-        let x = _mm256_broadcast_ss(&*a2.add(o));
-        c20 = _mm256_fmadd_ps(x, b0, c20);
-        c21 = _mm256_fmadd_ps(x, b1, c21);
-        let x = _mm256_broadcast_ss(&*a3.add(o));
-        c30 = _mm256_fmadd_ps(x, b0, c30);
-        c31 = _mm256_fmadd_ps(x, b1, c31);
-        let x = _mm256_broadcast_ss(&*a4.add(o));
-        c40 = _mm256_fmadd_ps(x, b0, c40);
-        c41 = _mm256_fmadd_ps(x, b1, c41);
-        let x = _mm256_broadcast_ss(&*a5.add(o));
-        c50 = _mm256_fmadd_ps(x, b0, c50);
-        c51 = _mm256_fmadd_ps(x, b1, c51);
+    // One k step. A and B advance by constant strides (6 and 16 floats), so every load is a
+    // base pointer plus an immediate offset.
+    macro_rules! step {
+        ($ak:expr, $bk:expr) => {{
+            let (ak, bk) = ($ak, $bk);
+            let b0 = _mm256_loadu_ps(bk);
+            let b1 = _mm256_loadu_ps(bk.add(8));
+            let x = _mm256_broadcast_ss(&*ak);
+            c00 = _mm256_fmadd_ps(x, b0, c00);
+            c01 = _mm256_fmadd_ps(x, b1, c01);
+            let x = _mm256_broadcast_ss(&*ak.add(1));
+            c10 = _mm256_fmadd_ps(x, b0, c10);
+            c11 = _mm256_fmadd_ps(x, b1, c11);
+            let x = _mm256_broadcast_ss(&*ak.add(2));
+            c20 = _mm256_fmadd_ps(x, b0, c20);
+            c21 = _mm256_fmadd_ps(x, b1, c21);
+            let x = _mm256_broadcast_ss(&*ak.add(3));
+            c30 = _mm256_fmadd_ps(x, b0, c30);
+            c31 = _mm256_fmadd_ps(x, b1, c31);
+            let x = _mm256_broadcast_ss(&*ak.add(4));
+            c40 = _mm256_fmadd_ps(x, b0, c40);
+            c41 = _mm256_fmadd_ps(x, b1, c41);
+            let x = _mm256_broadcast_ss(&*ak.add(5));
+            c50 = _mm256_fmadd_ps(x, b0, c50);
+            c51 = _mm256_fmadd_ps(x, b1, c51);
+        }};
+    }
+    let (mut ak, mut bk) = (a, b);
+    // Four k steps per iteration (the same steps in the same order), then the rest.
+    for _ in 0..kc / 4 {
+        step!(ak, bk);
+        step!(ak.add(MR), bk.add(NR));
+        step!(ak.add(2 * MR), bk.add(2 * NR));
+        step!(ak.add(3 * MR), bk.add(3 * NR));
+        ak = ak.add(4 * MR);
+        bk = bk.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step!(ak, bk);
+        ak = ak.add(MR);
+        bk = bk.add(NR);
     }
     let out = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
     for (r, or) in out.iter().enumerate() {
@@ -362,17 +340,7 @@ unsafe fn micro_avx2(
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_neon(
-    kc: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    bs: usize,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-) {
+unsafe fn micro_neon(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
     use std::arch::aarch64::*;
     let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
     if load {
@@ -383,10 +351,10 @@ unsafe fn micro_neon(
         }
     }
     for kk in 0..kc {
-        let bk = b.add(kk * bs);
+        let bk = b.add(kk * NR);
         let bv = [vld1q_f32(bk), vld1q_f32(bk.add(4)), vld1q_f32(bk.add(8)), vld1q_f32(bk.add(12))];
         for (r, ar) in acc.iter_mut().enumerate() {
-            let x = vdupq_n_f32(*a.add(r * ars + kk * acs));
+            let x = vdupq_n_f32(*a.add(kk * MR + r));
             for (q, aq) in ar.iter_mut().enumerate() {
                 // vfmaq_f32(acc, x, b) = acc + x * b, fused: the same bits as fma(x, b, acc).
                 *aq = vfmaq_f32(*aq, x, bv[q]);
