@@ -61,12 +61,7 @@ pub struct EvalResult {
 /// Per-token losses of one evaluation batch: (inputs, targets) -> losses.
 pub type BatchLosses<'a> = dyn FnMut(&[u32], &[u32]) -> Result<Vec<f32>> + 'a;
 
-pub fn evaluate(
-    val: &[u16],
-    tok: &Tok,
-    cfg: &Config,
-    losses_of: &mut BatchLosses,
-) -> Result<EvalResult> {
+pub fn evaluate(val: &[u16], tok: &Tok, cfg: &Config, losses_of: &mut BatchLosses) -> Result<EvalResult> {
     let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
     let offsets = data::eval_offsets(val.len(), b * cfg.eval.batches as usize, t);
     let (mut nats, mut tokens, mut bytes) = (0f64, 0u64, 0u64);

@@ -2,13 +2,18 @@
 //! multiply-add chain `acc = fma(A[i,k], B[k,j], acc)` for k = 0, 1, ..., K-1 starting from
 //! acc = +0. Blocking over k carries the accumulator through C (it is stored and reloaded as
 //! the same f32, never summed per block and added). SIMD runs across columns of C only; threads
-//! split rows of C only; there is no split-k. So every path and every thread count gives the
-//! same bits, and they depend on nothing but A and B.
+//! split C into disjoint blocks (rows, and columns when C has few rows); there is no split-k.
+//! So every path and every thread count gives the same bits, and they depend on nothing but A
+//! and B.
 //!
 //! Layout: a microkernel keeps a 6 x 16 tile of C in registers, broadcasts A[i, k] and fmas it
-//! with B[k, j..j+16]. B is always packed into contiguous `[k][16]` panels and A, per k-block,
-//! into contiguous `[k][6]` tiles (both zero-padded), so the microkernel reads both with
-//! constant strides. Padding only feeds rows and columns that are thrown away.
+//! with B[k, j..j+16]. B is always packed once per call into contiguous `[k][16]` panels
+//! (zero-padded, in a reused per-thread buffer). C is cut into tasks of (row block of at most
+//! `MC_TILES` 6-row tiles) x (group of panels); a task runs over k-blocks of `KC`, and within
+//! one, every panel of its group sweeps past the task's A block, which stays in L2 while each
+//! k x 16 panel block stays in L1 for all the tiles. A is packed per k-block into `[k][6]`
+//! tiles, zero-padded, so the microkernel reads A and B with constant strides. Padding only
+//! feeds rows and columns that are thrown away.
 
 use super::Path;
 use rayon::prelude::*;
@@ -41,8 +46,8 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// C (m x n, row-major, overwritten) = A (m x k) B (k x n), on the configured path, with row
-/// blocks spread over the rayon pool.
+/// C (m x n, row-major, overwritten) = A (m x k) B (k x n), on the configured path, with
+/// blocks of C spread over the rayon pool.
 pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32], m: usize, n: usize, k: usize) {
     matmul_with(super::path(), a, b, c, m, n, k, true)
 }
@@ -73,73 +78,151 @@ pub fn matmul_with(
         c.fill(0.0);
         return;
     }
-    let bp = Panels::new(b, n, k, parallel && rayon::current_num_threads() > 1);
-    // Row blocks: a multiple of MR, about 4 per thread. Only the schedule depends on it.
+    // Every element read below is some A(i, kk) / B(kk, j) with i < m, j < n, kk < k; these
+    // two checks make the microkernels' raw reads of A in place safe.
+    assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
+    assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
-    let tiles = m.div_ceil(MR);
-    let rows = tiles.div_ceil(threads * 4).max(1) * MR;
-    let work = |(blk, cblk): (usize, &mut [f32])| {
-        let r0 = blk * rows;
-        let mb = cblk.len() / n;
-        block(path, a, &bp, cblk, r0, mb, n, k);
+    let par = threads > 1;
+    let kern = kernel_of(path);
+    let mut bbuf = take(&PACKED_B);
+    let bp = pack_b(b, n, k, par, &mut bbuf);
+    let plan = Plan::new(m, n, threads);
+    let cp = SharedC(c.as_mut_ptr());
+    let run = |task: usize| {
+        let (t0, t1, p0, p1) = plan.task(task);
+        let mut abuf = take(&PACKED_A);
+        // SAFETY: the tasks of `plan` cover disjoint rectangles of C (rows of tiles t0..t1,
+        // columns of panels p0..p1), all inside the m x n of `c`; A and B were checked above.
+        unsafe { block(kern, a, bp, k, cp, m, n, t0, t1, p0, p1, &mut abuf) };
+        put(&PACKED_A, abuf);
     };
-    if parallel && threads > 1 && m > rows {
-        c.par_chunks_mut(rows * n).enumerate().for_each(work);
+    if par && plan.tasks() > 1 {
+        (0..plan.tasks()).into_par_iter().for_each(run);
     } else {
-        c.chunks_mut(rows * n).enumerate().for_each(work);
+        (0..plan.tasks()).for_each(run);
+    }
+    put(&PACKED_B, bbuf);
+}
+
+/// Rows of 6-row tiles of A packed per k-block: at most this many tiles per row block, so the
+/// packed A block (MC_TILES x KC x 6 floats = 192 KiB) stays in L2 while every panel of B
+/// sweeps past it.
+const MC_TILES: usize = 32;
+/// Fewest tiles in a row block when a parallel call also splits columns: each k x 16 panel
+/// block of B is then reused by at least this many microkernel calls while it is in L1.
+const MIN_TILES: usize = 8;
+/// Fewest 16-column panels in a column group (each group packs its own copy of its A block).
+const MIN_GROUP_PANELS: usize = 4;
+/// Blocks per thread, so that rayon's work stealing evens out a core that is also busy with
+/// another process.
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// How C is cut into tasks: row blocks of `rb` tiles times `groups` groups of panels. Only
+/// the schedule depends on it, never the bits.
+struct Plan {
+    tiles: usize,
+    panels: usize,
+    rb: usize,
+    rows: usize,
+    groups: usize,
+}
+
+impl Plan {
+    fn new(m: usize, n: usize, threads: usize) -> Plan {
+        let tiles = m.div_ceil(MR);
+        let panels = n.div_ceil(NR);
+        let want = if threads > 1 { threads * BLOCKS_PER_THREAD } else { 1 };
+        let mut rb = tiles.div_ceil(want);
+        let mut groups = 1;
+        if rb < MIN_TILES && panels >= 2 * MIN_GROUP_PANELS {
+            // Few rows (dW of a narrow layer): taller row blocks, and split the columns too.
+            rb = MIN_TILES.min(tiles);
+            groups = want.div_ceil(tiles.div_ceil(rb)).min(panels / MIN_GROUP_PANELS).max(1);
+        }
+        let rb = rb.clamp(1, MC_TILES);
+        Plan { tiles, panels, rb, rows: tiles.div_ceil(rb), groups }
+    }
+    fn tasks(&self) -> usize {
+        self.rows * self.groups
+    }
+    /// Task i: tiles t0..t1 and panels p0..p1. Column-group-major, so a thread's share of the
+    /// tasks (rayon splits the range in halves) reads about 1/threads of B.
+    fn task(&self, i: usize) -> (usize, usize, usize, usize) {
+        let (g, r) = (i / self.rows, i % self.rows);
+        let t0 = r * self.rb;
+        let p0 = g * self.panels / self.groups;
+        let p1 = (g + 1) * self.panels / self.groups;
+        (t0, (t0 + self.rb).min(self.tiles), p0, p1)
     }
 }
 
-/// Where the microkernel reads B: a packed copy of every k x 16 panel, zero-padded.
-struct Panels {
-    packed: Vec<f32>,
-    k: usize,
+thread_local! {
+    /// Reused packing buffers: a fresh multi-MB Vec per call costs a calloc memset or page
+    /// faults. Taken out while in use, so a nested call just allocates its own.
+    static PACKED_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACKED_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-impl Panels {
-    /// Packs every panel (a strided panel read in place thrashes L1: a row stride of 4 KiB
-    /// puts all of its k rows in one cache set). Copies only; the panels are split over the
-    /// pool when `parallel`.
-    fn new(b: MatRef, n: usize, k: usize, parallel: bool) -> Panels {
-        let panels = n.div_ceil(NR);
-        let mut packed = vec![0f32; panels * k * NR];
-        let pack = |(pi, panel): (usize, &mut [f32])| {
-            let j0 = pi * NR;
-            let w = NR.min(n - j0);
-            if b.cs == 1 {
-                if w == NR {
-                    // A fixed-length copy: inline moves, not a memcpy call per 16 floats.
-                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        let src: &[f32; NR] = b.data[kk * b.rs + j0..kk * b.rs + j0 + NR].try_into().unwrap();
-                        let dst: &mut [f32; NR] = dst.try_into().unwrap();
-                        *dst = *src;
-                    }
-                } else {
-                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
-                    }
+fn take(buf: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>) -> Vec<f32> {
+    buf.with(|b| b.take())
+}
+
+fn put(buf: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, v: Vec<f32>) {
+    buf.with(|b| b.set(v))
+}
+
+/// C's base pointer, shared by tasks that write disjoint rectangles of it.
+#[derive(Clone, Copy)]
+struct SharedC(*mut f32);
+// SAFETY: only used by `matmul_with`, whose tasks write disjoint parts of C.
+unsafe impl Send for SharedC {}
+// SAFETY: as above.
+unsafe impl Sync for SharedC {}
+
+/// Packs every k x 16 panel of B into `buf` as contiguous `[k][16]`, zero-padded (a strided
+/// panel read in place thrashes L1: a row stride of 4 KiB puts all of its k rows in one cache
+/// set). Copies only; the panels are split over the pool when `parallel`.
+fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let panels = n.div_ceil(NR);
+    if buf.len() < panels * k * NR {
+        buf.resize(panels * k * NR, 0.0);
+    }
+    let packed = &mut buf[..panels * k * NR];
+    let pack = |(pi, panel): (usize, &mut [f32])| {
+        let j0 = pi * NR;
+        let w = NR.min(n - j0);
+        if w < NR {
+            panel.fill(0.0);
+        }
+        if b.cs == 1 {
+            if w == NR {
+                // A fixed-length copy: inline moves, not a memcpy call per 16 floats.
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    let src: &[f32; NR] = b.data[kk * b.rs + j0..kk * b.rs + j0 + NR].try_into().unwrap();
+                    let dst: &mut [f32; NR] = dst.try_into().unwrap();
+                    *dst = *src;
                 }
             } else {
-                for jj in 0..w {
-                    let col = (j0 + jj) * b.cs;
-                    for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        dst[jj] = b.data[col + kk * b.rs];
-                    }
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
                 }
             }
-        };
-        if parallel && panels > 1 && k * n >= 1 << 16 {
-            packed.par_chunks_mut(k * NR).enumerate().for_each(pack);
         } else {
-            packed.chunks_mut(k * NR).enumerate().for_each(pack);
+            for jj in 0..w {
+                let col = (j0 + jj) * b.cs;
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    dst[jj] = b.data[col + kk * b.rs];
+                }
+            }
         }
-        Panels { packed, k }
+    };
+    if parallel && panels > 1 && k * n >= 1 << 16 {
+        packed.par_chunks_mut(k * NR).enumerate().for_each(pack);
+    } else {
+        packed.chunks_mut(k * NR).enumerate().for_each(pack);
     }
-
-    /// Panel p from k0 on (`[k][16]`).
-    fn get(&self, p: usize, k0: usize) -> &[f32] {
-        &self.packed[(p * self.k + k0) * NR..]
-    }
+    packed
 }
 
 /// Pack rows r0..r0+h (h <= 6), k0..k0+kc of A into a kc x 6 tile, zero-padded.
@@ -172,66 +255,85 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
     }
 }
 
-/// Rows r0..r0+mb of C. Per k-block, every 6-row tile of A is packed into a contiguous
-/// `[k][6]` tile (zero-padded) that every column panel reuses.
+/// A microkernel: `micro(kc, a, ars, acs, b, bs, c, ldc, load)` computes the 6 x 16 tile at
+/// `c` (row stride `ldc`): acc = load ? c : +0; for k in 0..kc: acc[r][j] = fma(A[r][k],
+/// B[k][j], acc[r][j]); c = acc. A[r][k] is `a[r * ars + k * acs]`, B[k][j] is `b[k * bs + j]`.
+/// The caller guarantees that every one of those addresses is in bounds.
+type Micro = unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
+
+/// The microkernel of a path, for a packed `[k][6]` A tile (ars = 1, acs = 6, which it may
+/// assume) and a packed `[k][16]` B panel.
+fn kernel_of(path: Path) -> Micro {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => micro_avx2_packed,
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => micro_neon,
+        _ => micro_scalar,
+    }
+}
+
+/// Tiles t0..t1 (rows of C) times panels p0..p1 (columns of C), for all k. A is packed per
+/// k-block into `abuf`, and each packed k-block of A is reused by every panel of the group.
+///
+/// SAFETY: `kern` must be the microkernel of an available path; A and B must hold every (i, kk)
+/// and (kk, j) of an m x k and k x n view; `bp` must be `pack_b`'s panels of B; C must point
+/// to m x n floats, of which this call alone writes the rectangle given.
 #[allow(clippy::too_many_arguments)]
-fn block(path: Path, a: MatRef, bp: &Panels, c: &mut [f32], r0: usize, mb: usize, n: usize, k: usize) {
-    let tiles = mb.div_ceil(MR);
-    let panels = n.div_ceil(NR);
-    let mut ap = vec![0f32; tiles * KC.min(k) * MR];
+unsafe fn block(
+    kern: Micro,
+    a: MatRef,
+    bp: &[f32],
+    k: usize,
+    c: SharedC,
+    m: usize,
+    n: usize,
+    t0: usize,
+    t1: usize,
+    p0: usize,
+    p1: usize,
+    abuf: &mut Vec<f32>,
+) {
+    // A is always packed per k-block (also a row-major A): the packed microkernel reads it
+    // with constant strides, which measured ~5-10% faster than reading A in place.
+    let tiles = t1 - t0;
+    let need = tiles * KC.min(k) * MR;
+    if abuf.len() < need {
+        abuf.resize(need, 0.0);
+    }
     let mut edge = [0f32; MR * NR];
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
-        for t in 0..tiles {
-            let tile = &mut ap[t * kc * MR..(t + 1) * kc * MR];
-            pack_a(a, r0 + t * MR, MR.min(mb - t * MR), k0, kc, tile);
+        for t in t0..t1 {
+            let tile = &mut abuf[(t - t0) * kc * MR..(t - t0 + 1) * kc * MR];
+            pack_a(a, t * MR, MR.min(m - t * MR), k0, kc, tile);
         }
-        for p in 0..panels {
+        for p in p0..p1 {
             let j0 = p * NR;
             let w = NR.min(n - j0);
-            let bpanel = bp.get(p, k0);
-            for t in 0..tiles {
+            let bpanel = bp[(p * k + k0) * NR..(p * k + k0 + kc) * NR].as_ptr();
+            for t in t0..t1 {
                 let i0 = t * MR;
-                let h = MR.min(mb - i0);
-                let atile = &ap[t * kc * MR..(t + 1) * kc * MR];
+                let h = MR.min(m - i0);
+                let (micro, ap, ars, acs) = (kern, abuf[(t - t0) * kc * MR..].as_ptr(), 1, MR);
                 if h == MR && w == NR {
-                    let cs = &mut c[i0 * n + j0..(i0 + MR - 1) * n + j0 + NR];
-                    micro(path, kc, atile, bpanel, cs, n, load);
+                    micro(kc, ap, ars, acs, bpanel, NR, c.0.add(i0 * n + j0), n, load);
                 } else {
+                    let c0 = c.0.add(i0 * n + j0);
                     for r in 0..h {
-                        edge[r * NR..r * NR + w]
-                            .copy_from_slice(&c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]);
+                        std::ptr::copy_nonoverlapping(c0.add(r * n), edge[r * NR..].as_mut_ptr(), w);
                     }
-                    micro(path, kc, atile, bpanel, &mut edge, NR, load);
+                    micro(kc, ap, ars, acs, bpanel, NR, edge.as_mut_ptr(), NR, load);
                     for r in 0..h {
-                        c[(i0 + r) * n + j0..(i0 + r) * n + j0 + w]
-                            .copy_from_slice(&edge[r * NR..r * NR + w]);
+                        std::ptr::copy_nonoverlapping(edge[r * NR..].as_ptr(), c0.add(r * n), w);
                     }
                 }
             }
         }
         k0 += kc;
-    }
-}
-
-/// The 6 x 16 tile at `c` (row stride `ldc`), from a packed A tile `a` (`[k][6]`) and a packed
-/// B panel `b` (`[k][16]`):
-/// acc = load ? c : +0; for k in 0..kc: acc[r][j] = fma(a[k][r], b[k][j], acc[r][j]); c = acc.
-#[inline]
-fn micro(path: Path, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, load: bool) {
-    assert!(kc > 0 && a.len() >= kc * MR && b.len() >= kc * NR);
-    assert!(c.len() > (MR - 1) * ldc + NR - 1);
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul_with` checked that the CPU has AVX2 and FMA; the bounds are asserted.
-        Path::Avx2 => unsafe { micro_avx2(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, load) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: `matmul_with` checked that the CPU has NEON; the bounds are asserted.
-        Path::Neon => unsafe { micro_neon(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, load) },
-        _ => micro_scalar(kc, a, b, c, ldc, load),
     }
 }
 
@@ -249,17 +351,31 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-fn micro_scalar(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, load: bool) {
+/// The portable microkernel (see `Micro`).
+///
+/// SAFETY: every address of A, B and the C tile that `Micro` names must be in bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_scalar(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
     let mut acc = [0f32; MR * NR];
     if load {
         for r in 0..MR {
-            acc[r * NR..(r + 1) * NR].copy_from_slice(&c[r * ldc..r * ldc + NR]);
+            std::ptr::copy_nonoverlapping(c.add(r * ldc), acc[r * NR..].as_mut_ptr(), NR);
         }
     }
     for kk in 0..kc {
-        let bk = &b[kk * NR..kk * NR + NR];
+        let bk = std::slice::from_raw_parts(b.add(kk * bs), NR);
         for r in 0..MR {
-            let av = a[kk * MR + r];
+            let av = *a.add(r * ars + kk * acs);
             let row = &mut acc[r * NR..r * NR + NR];
             for (cj, &bj) in row.iter_mut().zip(bk) {
                 *cj = fma(av, bj, *cj);
@@ -267,13 +383,27 @@ fn micro_scalar(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, load
         }
     }
     for r in 0..MR {
-        c[r * ldc..r * ldc + NR].copy_from_slice(&acc[r * NR..(r + 1) * NR]);
+        std::ptr::copy_nonoverlapping(acc[r * NR..].as_ptr(), c.add(r * ldc), NR);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+/// The AVX2 microkernel for a packed A tile (`[k][6]`) and a packed B panel (`[k][16]`): every
+/// load is a base pointer plus an immediate, four k steps per loop iteration (the same fma
+/// steps in the same order). `ars`, `acs` and `bs` are implied (1, 6, 16).
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx2_packed(
+    kc: usize,
+    a: *const f32,
+    _ars: usize,
+    _acs: usize,
+    b: *const f32,
+    _bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     if load {
@@ -340,7 +470,17 @@ unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_neon(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn micro_neon(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
     use std::arch::aarch64::*;
     let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
     if load {
@@ -351,10 +491,10 @@ unsafe fn micro_neon(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: 
         }
     }
     for kk in 0..kc {
-        let bk = b.add(kk * NR);
+        let bk = b.add(kk * bs);
         let bv = [vld1q_f32(bk), vld1q_f32(bk.add(4)), vld1q_f32(bk.add(8)), vld1q_f32(bk.add(12))];
         for (r, ar) in acc.iter_mut().enumerate() {
-            let x = vdupq_n_f32(*a.add(kk * MR + r));
+            let x = vdupq_n_f32(*a.add(r * ars + kk * acs));
             for (q, aq) in ar.iter_mut().enumerate() {
                 // vfmaq_f32(acc, x, b) = acc + x * b, fused: the same bits as fma(x, b, acc).
                 *aq = vfmaq_f32(*aq, x, bv[q]);
@@ -403,6 +543,13 @@ mod tests {
         (5, 19, 1030),
         (64, 48, 2048),
         (3, 3, 0),
+        // Few rows, many panels: parallel calls split columns into groups (n % 16 != 0 too).
+        (20, 200, 300),
+        (61, 135, 520),
+        (9, 256, 17),
+        // More rows than one row block of MC_TILES tiles holds, serial and parallel.
+        (200, 70, 33),
+        (397, 129, 260),
     ];
 
     #[test]
@@ -426,11 +573,17 @@ mod tests {
                     }
                 }
                 for path in Path::all_available() {
-                    for parallel in [false, true] {
+                    // Serial, then parallel on pools of several sizes (the split depends on it).
+                    for threads in [0, 1, 2, 3, 5] {
                         let mut c = vec![f32::NAN; m * n];
-                        matmul_with(path, a, b, &mut c, m, n, k, parallel);
+                        if threads == 0 {
+                            matmul_with(path, a, b, &mut c, m, n, k, false);
+                        } else {
+                            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                            pool.install(|| matmul_with(path, a, b, &mut c, m, n, k, true));
+                        }
                         let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
-                        assert!(same, "{} ({m}, {n}, {k}) trans {trans} parallel {parallel}", path.name());
+                        assert!(same, "{} ({m}, {n}, {k}) trans {trans} threads {threads}", path.name());
                     }
                 }
             }
