@@ -20,8 +20,12 @@ pub fn exp(x: f32) -> f32 {
     const LO: f32 = -103.972_08;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let xc = x.clamp(LO, HI);
-    let nf = (xc * LOG2E + ROUND) - ROUND;
-    let n = nf as i32;
+    let t = xc * LOG2E + ROUND;
+    let nf = t - ROUND;
+    // n = nf as an integer, read from t's mantissa: t is in [2^23, 2^24), where the ulp is 1,
+    // so t's bits minus ROUND's bits are exactly nf. The same n as `nf as i32`, but integer
+    // lanes instead of a saturating float-to-int conversion that does not vectorize.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (xc - nf * LN2_HI) - nf * LN2_LO;
     let z = r * r;
     let mut p = 1.987_569_1e-4f32;
@@ -188,6 +192,23 @@ mod tests {
         assert_eq!(exp(100.0), f32::INFINITY);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_reads_n_from_the_bits_exactly_as_a_float_to_int_cast_would() {
+        // Every 101st bit pattern of both signs: n from the mantissa equals `nf as i32`.
+        let round = 12_582_912.0f32;
+        for bits in (0..u32::MAX).step_by(101) {
+            let x = f32::from_bits(bits);
+            let xc = x.clamp(-103.972_08, 88.722_84);
+            if xc.is_nan() {
+                continue;
+            }
+            let t = xc * LOG2E + round;
+            let cast = (t - round) as i32;
+            let from_bits = (t.to_bits() as i32).wrapping_sub(round.to_bits() as i32);
+            assert_eq!(cast, from_bits, "x = {x:e}");
+        }
     }
 
     #[test]

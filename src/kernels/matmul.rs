@@ -225,32 +225,63 @@ fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f3
     packed
 }
 
+/// Pack tiles t0..t1 (rows t0*6.., at most m) of A, columns k0..k0+kc, into `buf` as
+/// consecutive kc x 6 tiles, zero-padded. Copies only: the layout never changes a bit.
+fn pack_a_block(a: MatRef, m: usize, t0: usize, t1: usize, k0: usize, kc: usize, buf: &mut [f32]) {
+    if a.rs == 1 {
+        // A's columns are contiguous (A is a transpose): a tile reads 6 floats from each of kc
+        // rows far apart, which would thrash L1 if each tile walked all kc of them. Walk KB rows
+        // at a time for every tile instead, so those rows stay in L1 and each is read once.
+        const KB: usize = 8;
+        let mut kb0 = 0;
+        while kb0 < kc {
+            let kb = KB.min(kc - kb0);
+            for t in t0..t1 {
+                let (i0, h) = (t * MR, MR.min(m - t * MR));
+                let tile = &mut buf[((t - t0) * kc + kb0) * MR..((t - t0) * kc + kb0 + kb) * MR];
+                for (kk, dst) in tile.chunks_exact_mut(MR).enumerate() {
+                    let o = (k0 + kb0 + kk) * a.cs + i0;
+                    if h == MR {
+                        // A fixed-length copy: inline moves, not a memcpy call per 6 floats.
+                        let src: &[f32; MR] = a.data[o..o + MR].try_into().unwrap();
+                        let dst: &mut [f32; MR] = dst.try_into().unwrap();
+                        *dst = *src;
+                    } else {
+                        dst[..h].copy_from_slice(&a.data[o..o + h]);
+                        dst[h..].fill(0.0);
+                    }
+                }
+            }
+            kb0 += kb;
+        }
+        return;
+    }
+    for t in t0..t1 {
+        let tile = &mut buf[(t - t0) * kc * MR..(t - t0 + 1) * kc * MR];
+        pack_a(a, t * MR, MR.min(m - t * MR), k0, kc, tile);
+    }
+}
+
 /// Pack rows r0..r0+h (h <= 6), k0..k0+kc of A into a kc x 6 tile, zero-padded.
 fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]) {
+    if a.cs == 1 && h == MR {
+        // Row-major A: the six rows are read side by side and interleaved, one k at a time.
+        let row = |r: usize| &a.data[(r0 + r) * a.rs + k0..(r0 + r) * a.rs + k0 + kc];
+        let (x0, x1, x2, x3, x4, x5) = (row(0), row(1), row(2), row(3), row(4), row(5));
+        let cols = x0.iter().zip(x1).zip(x2).zip(x3).zip(x4).zip(x5);
+        for (dst, (((((&v0, &v1), &v2), &v3), &v4), &v5)) in tile.chunks_exact_mut(MR).zip(cols) {
+            let dst: &mut [f32; MR] = dst.try_into().unwrap();
+            *dst = [v0, v1, v2, v3, v4, v5];
+        }
+        return;
+    }
     if h < MR {
         tile.fill(0.0);
     }
-    if a.rs == 1 && h == MR {
-        // A fixed-length copy: inline moves, not a memcpy call per 6 floats.
+    for r in 0..h {
+        let row = (r0 + r) * a.rs;
         for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
-            let o = (k0 + kk) * a.cs + r0;
-            let src: &[f32; MR] = a.data[o..o + MR].try_into().unwrap();
-            let dst: &mut [f32; MR] = dst.try_into().unwrap();
-            *dst = *src;
-        }
-    } else if a.rs == 1 {
-        for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
-            let o = (k0 + kk) * a.cs + r0;
-            for (d, s) in dst.iter_mut().zip(&a.data[o..o + h]) {
-                *d = *s;
-            }
-        }
-    } else {
-        for r in 0..h {
-            let row = (r0 + r) * a.rs;
-            for (kk, dst) in tile.chunks_exact_mut(MR).take(kc).enumerate() {
-                dst[r] = a.data[row + (k0 + kk) * a.cs];
-            }
+            dst[r] = a.data[row + (k0 + kk) * a.cs];
         }
     }
 }
@@ -307,10 +338,7 @@ unsafe fn block(
         let kc = KC.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
-        for t in t0..t1 {
-            let tile = &mut abuf[(t - t0) * kc * MR..(t - t0 + 1) * kc * MR];
-            pack_a(a, t * MR, MR.min(m - t * MR), k0, kc, tile);
-        }
+        pack_a_block(a, m, t0, t1, k0, kc, abuf);
         for p in p0..p1 {
             let j0 = p * NR;
             let w = NR.min(n - j0);
