@@ -9,7 +9,7 @@
 //! gradient of RMSNorm) add rows sequentially in increasing row order.
 
 use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
-use super::matmul::{matmul, matmul_serial, MatRef};
+use super::matmul::{matmul, matmul_packed_serial, MatRef, PackedB};
 use super::wide;
 use rayon::prelude::*;
 
@@ -211,16 +211,9 @@ fn head_rows(d: &[f32], g: Attn, h: usize, r0: usize) -> MatRef<'_> {
     MatRef { data: &d[r0 * g.c + h * g.hd()..], rs: g.c, cs: 1 }
 }
 
-/// The transpose (Dh, T) of head `h` of a (T, C) block, copied row-major into `dst`, so that
-/// the matmul packs it with contiguous copies instead of a strided gather per slab.
-fn transpose_head<'a>(src: &[f32], g: Attn, h: usize, dst: &'a mut [f32]) -> MatRef<'a> {
-    let (t, hd) = (g.t, g.hd());
-    for (j, row) in src.chunks_exact(g.c).enumerate() {
-        for (dd, &x) in row[h * hd..(h + 1) * hd].iter().enumerate() {
-            dst[dd * t + j] = x;
-        }
-    }
-    MatRef::rows(dst, t)
+/// The transpose (Dh, T) of head `h` of a (T, C) block, as a view.
+fn head_cols(d: &[f32], g: Attn, h: usize) -> MatRef<'_> {
+    MatRef { data: &d[h * g.hd()..], rs: 1, cs: g.c }
 }
 
 /// Copy a (rows, Dh) block into head `h` of a (T, C) block from row `r0`.
@@ -233,10 +226,10 @@ fn put_head(dst: &mut [f32], src: &[f32], g: Attn, h: usize, r0: usize) {
 }
 
 wide! {
-    /// In place: row = softmax(row * scale).
-    fn softmax(row: &mut [f32], scale: f32) {
-        for x in row.iter_mut() {
-            *x *= scale;
+    /// row = softmax(src * scale), src and row of the same length.
+    fn softmax(src: &[f32], row: &mut [f32], scale: f32) {
+        for (x, &s) in row.iter_mut().zip(src) {
+            *x = s * scale;
         }
         let m = math::max(row);
         for x in row.iter_mut() {
@@ -269,25 +262,26 @@ pub fn attention_fwd(q: &[f32], k: &[f32], v: &[f32], y: &mut [f32], p: &mut [f3
             (&q[bi * tc..(bi + 1) * tc], &k[bi * tc..(bi + 1) * tc], &v[bi * tc..(bi + 1) * tc]);
         let mut s = vec![0f32; SLAB * t];
         let mut o = vec![0f32; SLAB * hd];
-        let mut kt = vec![0f32; hd * t];
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         for (h, ph) in pb.chunks_mut(t * t).enumerate() {
-            let kt = transpose_head(kb, g, h, &mut kt);
+            // K^T (Dh, T) and V (T, Dh) of this head, packed once for all of its slabs.
+            let kt = PackedB::new(head_cols(kb, g, h), t, hd, &mut kbuf);
+            let vp = PackedB::new(head_rows(vb, g, h, 0), hd, t, &mut vbuf);
             for (r0, r1) in g.slabs() {
                 let (rows, keff) = (r1 - r0, r1);
                 // S (rows, keff) = Q[r0..r1] K[..keff]^T: every j <= i of these rows.
                 let s = &mut s[..rows * keff];
-                matmul_serial(head_rows(qb, g, h, r0), kt, s, rows, keff, hd);
+                matmul_packed_serial(head_rows(qb, g, h, r0), kt.cols(keff), s, rows);
                 for (ii, srow) in s.chunks(keff).enumerate() {
                     let i = r0 + ii;
                     let prow = &mut ph[i * t..(i + 1) * t];
-                    prow[..=i].copy_from_slice(&srow[..=i]);
-                    softmax(&mut prow[..=i], g.scale());
+                    softmax(&srow[..=i], &mut prow[..=i], g.scale());
                     prow[i + 1..].fill(0.0);
                 }
                 // Y[r0..r1] = P[r0..r1, ..keff] V[..keff]
                 let o = &mut o[..rows * hd];
                 let pa = MatRef { data: &ph[r0 * t..], rs: t, cs: 1 };
-                matmul_serial(pa, head_rows(vb, g, h, 0), o, rows, hd, keff);
+                matmul_packed_serial(pa, vp.rows(0, keff), o, rows);
                 put_head(yb, o, g, h, r0);
             }
         }
@@ -317,14 +311,19 @@ pub fn attention_bwd(
             let mut dp = vec![0f32; SLAB * t];
             let mut ds = vec![0f32; t * t];
             let mut o = vec![0f32; SLAB * hd];
-            let mut vt = vec![0f32; hd * t];
+            let mut bufs: [Vec<f32>; 4] = Default::default();
             for (h, ph) in pb.chunks(t * t).enumerate() {
-                let vt = transpose_head(vb, g, h, &mut vt);
+                // V^T, K, dY and Q of this head, packed once for all of its slabs.
+                let [vbuf, kbuf, dybuf, qbuf] = &mut bufs;
+                let vt = PackedB::new(head_cols(vb, g, h), t, hd, vbuf);
+                let kp = PackedB::new(head_rows(kb, g, h, 0), hd, t, kbuf);
+                let dyp = PackedB::new(head_rows(dyb, g, h, 0), hd, t, dybuf);
+                let qp = PackedB::new(head_rows(qb, g, h, 0), hd, t, qbuf);
                 for (r0, r1) in g.slabs() {
                     let (rows, keff) = (r1 - r0, r1);
                     // dP (rows, keff) = dY[r0..r1] V[..keff]^T
                     let dp = &mut dp[..rows * keff];
-                    matmul_serial(head_rows(dyb, g, h, r0), vt, dp, rows, keff, hd);
+                    matmul_packed_serial(head_rows(dyb, g, h, r0), vt.cols(keff), dp, rows);
                     // dS = P * (dP - sum_j P dP) * scale on j <= i, 0 above.
                     for (ii, dpr) in dp.chunks(keff).enumerate() {
                         let i = r0 + ii;
@@ -336,7 +335,7 @@ pub fn attention_bwd(
                     // dQ[r0..r1] = dS[r0..r1, ..keff] K[..keff]
                     let o = &mut o[..rows * hd];
                     let dsa = MatRef { data: &ds[r0 * t..], rs: t, cs: 1 };
-                    matmul_serial(dsa, head_rows(kb, g, h, 0), o, rows, hd, keff);
+                    matmul_packed_serial(dsa, kp.rows(0, keff), o, rows);
                     put_head(dqb, o, g, h, r0);
                 }
                 // Column slabs j0..j1 need the rows i >= j0 of P and dS, all written above.
@@ -345,11 +344,11 @@ pub fn attention_bwd(
                     let o = &mut o[..rows * hd];
                     // dV[j0..j1] = P[j0.., j0..j1]^T dY[j0..]
                     let pt = MatRef { data: &ph[j0 * t + j0..], rs: 1, cs: t };
-                    matmul_serial(pt, head_rows(dyb, g, h, j0), o, rows, hd, t - j0);
+                    matmul_packed_serial(pt, dyp.rows(j0, t - j0), o, rows);
                     put_head(dvb, o, g, h, j0);
                     // dK[j0..j1] = dS[j0.., j0..j1]^T Q[j0..]
                     let dst = MatRef { data: &ds[j0 * t + j0..], rs: 1, cs: t };
-                    matmul_serial(dst, head_rows(qb, g, h, j0), o, rows, hd, t - j0);
+                    matmul_packed_serial(dst, qp.rows(j0, t - j0), o, rows);
                     put_head(dkb, o, g, h, j0);
                 }
             }

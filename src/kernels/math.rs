@@ -112,20 +112,32 @@ pub fn sigmoid(x: f32) -> f32 {
 /// The contract's reduction: 8 partial sums, lane l adding the elements i = l (mod 8) in
 /// increasing i, then combined as ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)). The order is fixed, so
 /// the result never depends on the vector width the compiler picks.
-#[inline]
+#[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
-    sum_map(xs.len(), |i| xs[i])
+    // sum8's order, written over fixed-size chunks so that it compiles to one vector add per
+    // eight elements.
+    let mut p = [0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for (pl, &x) in p.iter_mut().zip(ch) {
+            *pl += x;
+        }
+    }
+    for (pl, &x) in p.iter_mut().zip(chunks.remainder()) {
+        *pl += x;
+    }
+    ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))
 }
 
 /// `sum` of `f(i)` for i in 0..n.
-#[inline]
+#[inline(always)]
 pub fn sum_map(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     sum8(n, f)
 }
 
 /// The fixed 8-lane order, for f32 and f64 alike: lane l takes i = l, l+8, ... in turn, then
 /// ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)).
-#[inline]
+#[inline(always)]
 fn sum8<T: Copy + Default + std::ops::Add<Output = T>>(n: usize, f: impl Fn(usize) -> T) -> T {
     let mut p = [T::default(); 8];
     let full = n / 8 * 8;
@@ -143,7 +155,7 @@ fn sum8<T: Copy + Default + std::ops::Add<Output = T>>(n: usize, f: impl Fn(usiz
 }
 
 /// Dot product of two slices under the same 8-lane order (products rounded, then added).
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     sum_map(a.len(), |i| a[i] * b[i])
@@ -154,9 +166,34 @@ pub fn sum_map_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     sum8(n, f)
 }
 
-/// Maximum (exact in any order; NaN-propagating so a diverged run is not hidden).
-#[inline]
+/// Maximum (exact in any order; NaN-propagating so a diverged run is not hidden): the first
+/// NaN if there is one, else the first element that no later one exceeds.
+#[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
+    // Eight lanes, so the loop vectorizes. Only +0 and -0 compare equal with different bits,
+    // so for a maximum that is not zero every order returns the same bits; a zero maximum or
+    // a NaN or infinity anywhere (x * 0 is then NaN) takes the sequential scan.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut poison = [0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for ((m, p), &x) in lanes.iter_mut().zip(poison.iter_mut()).zip(ch) {
+            *m = if x > *m { x } else { *m };
+            *p += x * 0.0;
+        }
+    }
+    for ((m, p), &x) in lanes.iter_mut().zip(poison.iter_mut()).zip(chunks.remainder()) {
+        *m = if x > *m { x } else { *m };
+        *p += x * 0.0;
+    }
+    let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if m == 0.0 || poison.iter().any(|p| p.is_nan()) {
+        return max_seq(xs);
+    }
+    m
+}
+
+fn max_seq(xs: &[f32]) -> f32 {
     let mut m = f32::NEG_INFINITY;
     for &x in xs {
         if x.is_nan() {
@@ -208,6 +245,28 @@ mod tests {
             let cast = (t - round) as i32;
             let from_bits = (t.to_bits() as i32).wrapping_sub(round.to_bits() as i32);
             assert_eq!(cast, from_bits, "x = {x:e}");
+        }
+    }
+
+    #[test]
+    fn max_and_sum_agree_with_the_sequential_definitions() {
+        let n0 = f32::from_bits(0x8000_0000);
+        let cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![1.0],
+            vec![n0, 0.0, n0],
+            vec![0.0, n0, -1.0, -3.0, 0.0, n0, -2.0, -5.0, n0],
+            vec![-1.0, f32::NAN, 7.0, f32::from_bits(0x7fc0_0001)],
+            (0..37).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect(),
+            (0..20).map(|i| if i == 13 { f32::INFINITY } else { i as f32 }).collect(),
+            (0..20).map(|i| -(i as f32) - 1.0).collect(),
+        ];
+        for xs in &cases {
+            assert_eq!(max(xs).to_bits(), max_seq(xs).to_bits(), "{xs:?}");
+            // NaN payloads are not specified by Rust (LLVM may swap an add's operands), so a
+            // NaN only has to be a NaN.
+            let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            assert!(same(sum(xs), sum_map(xs.len(), |i| xs[i])), "{xs:?}");
         }
     }
 

@@ -83,26 +83,91 @@ pub fn matmul_with(
     assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
     assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
-    let par = threads > 1;
-    let kern = kernel_of(path);
     let mut bbuf = take(&PACKED_B);
-    let bp = pack_b(b, n, k, par, &mut bbuf);
+    let bp = pack_b(b, n, k, threads > 1, &mut bbuf);
+    // SAFETY: A was checked above; `bp` is B packed, k x n.
+    unsafe { run(path, a, bp, c, m, threads) };
+    put(&PACKED_B, bbuf);
+}
+
+/// B (k x n) packed once into 16-column panels, each `[k][16]` and zero-padded, for several
+/// products that share it: the attention products of one head reuse one packing of K, V, Q
+/// or dY for all their row slabs. `rows` and `cols` take sub-matrices without copying.
+#[derive(Clone, Copy)]
+pub struct PackedB<'a> {
+    data: &'a [f32],
+    /// Rows per panel in `data`: the k of the packed matrix.
+    ktot: usize,
+    /// First row of this view.
+    k0: usize,
+    k: usize,
+    n: usize,
+}
+
+impl<'a> PackedB<'a> {
+    /// Pack B (k x n) into `buf`, on this thread.
+    pub fn new(b: MatRef, n: usize, k: usize, buf: &'a mut Vec<f32>) -> PackedB<'a> {
+        if n == 0 || k == 0 {
+            return PackedB { data: &[], ktot: k, k0: 0, k, n };
+        }
+        assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
+        pack_b(b, n, k, false, buf)
+    }
+    /// Rows k0..k0+k of this view.
+    pub fn rows(self, k0: usize, k: usize) -> PackedB<'a> {
+        assert!(k0 + k <= self.k, "matmul: rows {k0}..{} of a packed B of {} rows", k0 + k, self.k);
+        PackedB { k0: self.k0 + k0, k, ..self }
+    }
+    /// The first n columns of this view.
+    pub fn cols(self, n: usize) -> PackedB<'a> {
+        assert!(n <= self.n, "matmul: {n} columns of a packed B of {}", self.n);
+        PackedB { n, ..self }
+    }
+    /// Rows k0.. of panel p (of this view).
+    fn panel(&self, p: usize, k0: usize) -> *const f32 {
+        self.data[(p * self.ktot + self.k0 + k0) * NR..].as_ptr()
+    }
+}
+
+/// C (m x n, overwritten) = A (m x k) B on this thread, with B packed beforehand (n and k are
+/// B's): the same bits as `matmul`.
+pub fn matmul_packed_serial(a: MatRef, b: PackedB, c: &mut [f32], m: usize) {
+    let (n, k) = (b.n, b.k);
+    assert_eq!(c.len(), m * n, "matmul: C has {} elements, want {m} x {n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
+    // SAFETY: A was checked above; B's view lies inside its packing (`rows`, `cols`).
+    unsafe { run(super::path(), a, b, c, m, 1) };
+}
+
+/// C = A B over the tasks of a `Plan` for `threads` threads.
+///
+/// SAFETY: `path` must be available; A must hold every (i, kk) of an m x b.k view; c.len()
+/// must be m x b.n; m, b.n and b.k must be > 0.
+unsafe fn run(path: Path, a: MatRef, bp: PackedB, c: &mut [f32], m: usize, threads: usize) {
+    let n = bp.n;
     let plan = Plan::new(m, n, threads);
     let cp = SharedC(c.as_mut_ptr());
-    let run = |task: usize| {
+    let task = |task: usize| {
         let (t0, t1, p0, p1) = plan.task(task);
         let mut abuf = take(&PACKED_A);
         // SAFETY: the tasks of `plan` cover disjoint rectangles of C (rows of tiles t0..t1,
-        // columns of panels p0..p1), all inside the m x n of `c`; A and B were checked above.
-        unsafe { block(kern, a, bp, k, cp, m, n, t0, t1, p0, p1, &mut abuf) };
+        // columns of panels p0..p1), all inside the m x n of `c`; A and B were checked by the
+        // caller.
+        unsafe { block(path, a, bp, cp, m, t0, t1, p0, p1, &mut abuf) };
         put(&PACKED_A, abuf);
     };
-    if par && plan.tasks() > 1 {
-        (0..plan.tasks()).into_par_iter().for_each(run);
+    if threads > 1 && plan.tasks() > 1 {
+        (0..plan.tasks()).into_par_iter().for_each(task);
     } else {
-        (0..plan.tasks()).for_each(run);
+        (0..plan.tasks()).for_each(task);
     }
-    put(&PACKED_B, bbuf);
 }
 
 /// Rows of 6-row tiles of A packed per k-block: at most this many tiles per row block, so the
@@ -183,7 +248,7 @@ unsafe impl Sync for SharedC {}
 /// Packs every k x 16 panel of B into `buf` as contiguous `[k][16]`, zero-padded (a strided
 /// panel read in place thrashes L1: a row stride of 4 KiB puts all of its k rows in one cache
 /// set). Copies only; the panels are split over the pool when `parallel`.
-fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> &'a [f32] {
+fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> PackedB<'a> {
     let panels = n.div_ceil(NR);
     if buf.len() < panels * k * NR {
         buf.resize(panels * k * NR, 0.0);
@@ -222,7 +287,7 @@ fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f3
     } else {
         packed.chunks_mut(k * NR).enumerate().for_each(pack);
     }
-    packed
+    PackedB { data: packed, ktot: k, k0: 0, k, n }
 }
 
 /// Pack tiles t0..t1 (rows t0*6.., at most m) of A, columns k0..k0+kc, into `buf` as
@@ -292,41 +357,46 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
 /// The caller guarantees that every one of those addresses is in bounds.
 type Micro = unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
 
-/// The microkernel of a path, for a packed `[k][6]` A tile (ars = 1, acs = 6, which it may
-/// assume) and a packed `[k][16]` B panel.
-fn kernel_of(path: Path) -> Micro {
+/// The microkernels of a path: one for a packed `[k][6]` A tile (ars = 1, acs = 6, which it
+/// may assume), one for A read in place with any strides; both take a packed `[k][16]` B panel.
+fn kernels_of(path: Path) -> (Micro, Micro) {
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => micro_avx2_packed,
+        Path::Avx2 => (micro_avx2_packed, micro_avx2_strided),
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => micro_neon,
-        _ => micro_scalar,
+        Path::Neon => (micro_neon, micro_neon),
+        _ => (micro_scalar, micro_scalar),
     }
 }
 
+/// A is packed only when a task has more than this many panels to reuse it; with fewer (the
+/// attention products of 32- and 64-wide heads), the copy costs more than constant-stride
+/// reads save, and full 6-row tiles are read in place.
+const INPLACE_MAX_PANELS: usize = 4;
+
 /// Tiles t0..t1 (rows of C) times panels p0..p1 (columns of C), for all k. A is packed per
-/// k-block into `abuf`, and each packed k-block of A is reused by every panel of the group.
+/// k-block into `abuf` (or read in place when few panels use it), and each k-block of A is
+/// reused by every panel of the group.
 ///
-/// SAFETY: `kern` must be the microkernel of an available path; A and B must hold every (i, kk)
-/// and (kk, j) of an m x k and k x n view; `bp` must be `pack_b`'s panels of B; C must point
-/// to m x n floats, of which this call alone writes the rectangle given.
+/// SAFETY: `path` must be available; A must hold every (i, kk) of an m x bp.k view; `bp` must
+/// be a view of `pack_b`'s panels; C must point to m x bp.n floats, of which this call alone
+/// writes the rectangle given.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
-    kern: Micro,
+    path: Path,
     a: MatRef,
-    bp: &[f32],
-    k: usize,
+    bp: PackedB,
     c: SharedC,
     m: usize,
-    n: usize,
     t0: usize,
     t1: usize,
     p0: usize,
     p1: usize,
     abuf: &mut Vec<f32>,
 ) {
-    // A is always packed per k-block (also a row-major A): the packed microkernel reads it
-    // with constant strides, which measured ~5-10% faster than reading A in place.
+    let (n, k) = (bp.n, bp.k);
+    let (packed, strided) = kernels_of(path);
+    let in_place = p1 - p0 <= INPLACE_MAX_PANELS;
     let tiles = t1 - t0;
     let need = tiles * KC.min(k) * MR;
     if abuf.len() < need {
@@ -338,15 +408,26 @@ unsafe fn block(
         let kc = KC.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
-        pack_a_block(a, m, t0, t1, k0, kc, abuf);
+        if in_place {
+            // Only a partial last tile is packed (zero-padded rows keep the reads in bounds).
+            if MR.min(m - (t1 - 1) * MR) < MR {
+                pack_a_block(a, m, t1 - 1, t1, k0, kc, &mut abuf[(tiles - 1) * kc * MR..]);
+            }
+        } else {
+            pack_a_block(a, m, t0, t1, k0, kc, abuf);
+        }
         for p in p0..p1 {
             let j0 = p * NR;
             let w = NR.min(n - j0);
-            let bpanel = bp[(p * k + k0) * NR..(p * k + k0 + kc) * NR].as_ptr();
+            let bpanel = bp.panel(p, k0);
             for t in t0..t1 {
                 let i0 = t * MR;
                 let h = MR.min(m - i0);
-                let (micro, ap, ars, acs) = (kern, abuf[(t - t0) * kc * MR..].as_ptr(), 1, MR);
+                let (micro, ap, ars, acs) = if in_place && h == MR {
+                    (strided, a.data[i0 * a.rs + k0 * a.cs..].as_ptr(), a.rs, a.cs)
+                } else {
+                    (packed, abuf[(t - t0) * kc * MR..].as_ptr(), 1, MR)
+                };
                 if h == MR && w == NR {
                     micro(kc, ap, ars, acs, bpanel, NR, c.0.add(i0 * n + j0), n, load);
                 } else {
@@ -495,6 +576,75 @@ unsafe fn micro_avx2_packed(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+/// The AVX2 microkernel for A read in place (any `ars`, `acs`) and a packed B panel (`[k][16]`,
+/// `bs` implied): the same fma steps in the same order as `micro_avx2_packed`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx2_strided(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    _bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if load {
+        for (r, ar) in acc.iter_mut().enumerate() {
+            ar[0] = _mm256_loadu_ps(c.add(r * ldc));
+            ar[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+        }
+    }
+    let [mut c00, mut c01] = acc[0];
+    let [mut c10, mut c11] = acc[1];
+    let [mut c20, mut c21] = acc[2];
+    let [mut c30, mut c31] = acc[3];
+    let [mut c40, mut c41] = acc[4];
+    let [mut c50, mut c51] = acc[5];
+    let rows = [a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars)];
+    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5] = rows;
+    let mut bk = b;
+    for _ in 0..kc {
+        let b0 = _mm256_loadu_ps(bk);
+        let b1 = _mm256_loadu_ps(bk.add(8));
+        let x = _mm256_broadcast_ss(&*a0);
+        c00 = _mm256_fmadd_ps(x, b0, c00);
+        c01 = _mm256_fmadd_ps(x, b1, c01);
+        let x = _mm256_broadcast_ss(&*a1);
+        c10 = _mm256_fmadd_ps(x, b0, c10);
+        c11 = _mm256_fmadd_ps(x, b1, c11);
+        let x = _mm256_broadcast_ss(&*a2);
+        c20 = _mm256_fmadd_ps(x, b0, c20);
+        c21 = _mm256_fmadd_ps(x, b1, c21);
+        let x = _mm256_broadcast_ss(&*a3);
+        c30 = _mm256_fmadd_ps(x, b0, c30);
+        c31 = _mm256_fmadd_ps(x, b1, c31);
+        let x = _mm256_broadcast_ss(&*a4);
+        c40 = _mm256_fmadd_ps(x, b0, c40);
+        c41 = _mm256_fmadd_ps(x, b1, c41);
+        let x = _mm256_broadcast_ss(&*a5);
+        c50 = _mm256_fmadd_ps(x, b0, c50);
+        c51 = _mm256_fmadd_ps(x, b1, c51);
+        a0 = a0.add(acs);
+        a1 = a1.add(acs);
+        a2 = a2.add(acs);
+        a3 = a3.add(acs);
+        a4 = a4.add(acs);
+        a5 = a5.add(acs);
+        bk = bk.add(NR);
+    }
+    let out = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
+    for (r, or) in out.iter().enumerate() {
+        _mm256_storeu_ps(c.add(r * ldc), or[0]);
+        _mm256_storeu_ps(c.add(r * ldc + 8), or[1]);
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 #[allow(clippy::too_many_arguments)]
@@ -578,7 +728,31 @@ mod tests {
         // More rows than one row block of MC_TILES tiles holds, serial and parallel.
         (200, 70, 33),
         (397, 129, 260),
+        // Few panels: full tiles of A read in place, a partial last tile packed.
+        (24, 32, 100),
+        (31, 64, 300),
+        (40, 80, 7),
     ];
+
+    /// The contract, written as plainly as possible: one exactly rounded fma chain per element,
+    /// k increasing, from +0.
+    fn reference(a: MatRef, b: MatRef, m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for kk in 0..k {
+                    acc = libm::fmaf(a.at(i, kk), b.at(kk, j), acc);
+                }
+                want[i * n + j] = acc;
+            }
+        }
+        want
+    }
+
+    fn same_bits(x: &[f32], y: &[f32]) -> bool {
+        x.len() == y.len() && x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
 
     #[test]
     fn every_path_and_thread_split_gives_the_same_bits_as_one_fma_chain() {
@@ -588,18 +762,7 @@ mod tests {
                 let bd = data(k * n, (n * 17 + k) as u32);
                 let a = if trans & 1 == 0 { MatRef::rows(&ad, k) } else { MatRef::t(&ad, m) };
                 let b = if trans & 2 == 0 { MatRef::rows(&bd, n) } else { MatRef::t(&bd, k) };
-                // The contract, written as plainly as possible: one exactly rounded fma chain per
-                // element, k increasing, from +0.
-                let mut want = vec![0f32; m * n];
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut acc = 0f32;
-                        for kk in 0..k {
-                            acc = libm::fmaf(a.at(i, kk), b.at(kk, j), acc);
-                        }
-                        want[i * n + j] = acc;
-                    }
-                }
+                let want = reference(a, b, m, n, k);
                 for path in Path::all_available() {
                     // Serial, then parallel on pools of several sizes (the split depends on it).
                     for threads in [0, 1, 2, 3, 5] {
@@ -610,9 +773,33 @@ mod tests {
                             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                             pool.install(|| matmul_with(path, a, b, &mut c, m, n, k, true));
                         }
-                        let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                        let same = same_bits(&c, &want);
                         assert!(same, "{} ({m}, {n}, {k}) trans {trans} threads {threads}", path.name());
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn views_of_a_packed_b_give_the_bits_of_the_same_submatrix_unpacked() {
+        // As attention uses them: one packing, then row ranges (a prefix or a suffix of k) and
+        // column prefixes (not multiples of 16) for products with several A.
+        let (kt, nt) = (77, 45);
+        let bd = data(kt * nt, 5);
+        for trans in [false, true] {
+            let b = if trans { MatRef::t(&bd, kt) } else { MatRef::rows(&bd, nt) };
+            let mut buf = Vec::new();
+            let packed = PackedB::new(b, nt, kt, &mut buf);
+            for &(k0, k, n) in &[(0, 77, 45), (0, 30, 45), (20, 57, 17), (76, 1, 45), (5, 40, 1), (0, 0, 9)] {
+                for (m, a_trans) in [(1, false), (13, false), (24, true), (30, true)] {
+                    let ad = data(m * k.max(1), (m + k) as u32);
+                    let a = if a_trans { MatRef::t(&ad, m) } else { MatRef::rows(&ad, k.max(1)) };
+                    let sub = MatRef { data: &b.data[k0 * b.rs..], ..b };
+                    let want = reference(a, sub, m, n, k);
+                    let mut c = vec![f32::NAN; m * n];
+                    matmul_packed_serial(a, packed.rows(k0, k).cols(n), &mut c, m);
+                    assert!(same_bits(&c, &want), "rows {k0}+{k}, cols {n}, m {m}, trans {trans} {a_trans}");
                 }
             }
         }
