@@ -9,7 +9,7 @@
 //! gradient of RMSNorm) add rows sequentially in increasing row order.
 
 use super::math::{self, exp, ln, sigmoid, sum_map, sum_map_f64};
-use super::matmul::{matmul, matmul_packed_serial, MatRef, PackedB};
+use super::matmul::{matmul, matmul_packed, matmul_packed_serial, MatRef, PackedB};
 use super::wide;
 use rayon::prelude::*;
 
@@ -34,6 +34,18 @@ pub fn linear_dx(dy: &[f32], w: &[f32], dx: &mut [f32], m: usize, n: usize, k: u
 /// dW (N, K) = dY^T (N, M) X (M, K): one chain over all M = B*T rows.
 pub fn linear_dw(dy: &[f32], x: &[f32], dw: &mut [f32], m: usize, n: usize, k: usize) {
     matmul(MatRef::t(dy, n), MatRef::rows(x, k), dw, n, k, m);
+}
+
+/// X (M, K) packed once as the B operand of `linear_dw_packed`, for the weight gradients of
+/// several layers that read the same input (q, k and v; gate and up).
+pub fn pack_dw_input<'a>(x: &[f32], m: usize, k: usize, buf: &'a mut Vec<f32>) -> PackedB<'a> {
+    PackedB::new_par(MatRef::rows(x, k), k, m, buf)
+}
+
+/// `linear_dw` with X packed by `pack_dw_input`: the same bits.
+pub fn linear_dw_packed(dy: &[f32], x: PackedB, dw: &mut [f32], m: usize, n: usize) {
+    assert_eq!(x.rows(), m, "linear_dw_packed: X is packed with {} rows, want {m}", x.rows());
+    matmul_packed(MatRef::t(dy, n), x, dw, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,7 +293,7 @@ pub fn attention_fwd(q: &[f32], k: &[f32], v: &[f32], y: &mut [f32], p: &mut [f3
                 // Y[r0..r1] = P[r0..r1, ..keff] V[..keff]
                 let o = &mut o[..rows * hd];
                 let pa = MatRef { data: &ph[r0 * t..], rs: t, cs: 1 };
-                matmul_packed_serial(pa, vp.rows(0, keff), o, rows);
+                matmul_packed_serial(pa, vp.sub_rows(0, keff), o, rows);
                 put_head(yb, o, g, h, r0);
             }
         }
@@ -335,7 +347,7 @@ pub fn attention_bwd(
                     // dQ[r0..r1] = dS[r0..r1, ..keff] K[..keff]
                     let o = &mut o[..rows * hd];
                     let dsa = MatRef { data: &ds[r0 * t..], rs: t, cs: 1 };
-                    matmul_packed_serial(dsa, kp.rows(0, keff), o, rows);
+                    matmul_packed_serial(dsa, kp.sub_rows(0, keff), o, rows);
                     put_head(dqb, o, g, h, r0);
                 }
                 // Column slabs j0..j1 need the rows i >= j0 of P and dS, all written above.
@@ -344,11 +356,11 @@ pub fn attention_bwd(
                     let o = &mut o[..rows * hd];
                     // dV[j0..j1] = P[j0.., j0..j1]^T dY[j0..]
                     let pt = MatRef { data: &ph[j0 * t + j0..], rs: 1, cs: t };
-                    matmul_packed_serial(pt, dyp.rows(j0, t - j0), o, rows);
+                    matmul_packed_serial(pt, dyp.sub_rows(j0, t - j0), o, rows);
                     put_head(dvb, o, g, h, j0);
                     // dK[j0..j1] = dS[j0.., j0..j1]^T Q[j0..]
                     let dst = MatRef { data: &ds[j0 * t + j0..], rs: 1, cs: t };
-                    matmul_packed_serial(dst, qp.rows(j0, t - j0), o, rows);
+                    matmul_packed_serial(dst, qp.sub_rows(j0, t - j0), o, rows);
                     put_head(dkb, o, g, h, j0);
                 }
             }

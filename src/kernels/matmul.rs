@@ -92,7 +92,7 @@ pub fn matmul_with(
 
 /// B (k x n) packed once into 16-column panels, each `[k][16]` and zero-padded, for several
 /// products that share it: the attention products of one head reuse one packing of K, V, Q
-/// or dY for all their row slabs. `rows` and `cols` take sub-matrices without copying.
+/// or dY for all their row slabs. `sub_rows` and `cols` take sub-matrices without copying.
 #[derive(Clone, Copy)]
 pub struct PackedB<'a> {
     data: &'a [f32],
@@ -113,8 +113,20 @@ impl<'a> PackedB<'a> {
         assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
         pack_b(b, n, k, false, buf)
     }
+    /// Pack B (k x n) into `buf`, its panels split over the rayon pool.
+    pub fn new_par(b: MatRef, n: usize, k: usize, buf: &'a mut Vec<f32>) -> PackedB<'a> {
+        if n == 0 || k == 0 {
+            return PackedB { data: &[], ktot: k, k0: 0, k, n };
+        }
+        assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
+        pack_b(b, n, k, true, buf)
+    }
+    /// Rows (the k of a product) of this view.
+    pub fn rows(&self) -> usize {
+        self.k
+    }
     /// Rows k0..k0+k of this view.
-    pub fn rows(self, k0: usize, k: usize) -> PackedB<'a> {
+    pub fn sub_rows(self, k0: usize, k: usize) -> PackedB<'a> {
         assert!(k0 + k <= self.k, "matmul: rows {k0}..{} of a packed B of {} rows", k0 + k, self.k);
         PackedB { k0: self.k0 + k0, k, ..self }
     }
@@ -132,6 +144,15 @@ impl<'a> PackedB<'a> {
 /// C (m x n, overwritten) = A (m x k) B on this thread, with B packed beforehand (n and k are
 /// B's): the same bits as `matmul`.
 pub fn matmul_packed_serial(a: MatRef, b: PackedB, c: &mut [f32], m: usize) {
+    matmul_packed_with(a, b, c, m, 1)
+}
+
+/// As `matmul_packed_serial`, with blocks of C spread over the rayon pool.
+pub fn matmul_packed(a: MatRef, b: PackedB, c: &mut [f32], m: usize) {
+    matmul_packed_with(a, b, c, m, rayon::current_num_threads().max(1))
+}
+
+fn matmul_packed_with(a: MatRef, b: PackedB, c: &mut [f32], m: usize, threads: usize) {
     let (n, k) = (b.n, b.k);
     assert_eq!(c.len(), m * n, "matmul: C has {} elements, want {m} x {n}", c.len());
     if m == 0 || n == 0 {
@@ -142,8 +163,8 @@ pub fn matmul_packed_serial(a: MatRef, b: PackedB, c: &mut [f32], m: usize) {
         return;
     }
     assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
-    // SAFETY: A was checked above; B's view lies inside its packing (`rows`, `cols`).
-    unsafe { run(super::path(), a, b, c, m, 1) };
+    // SAFETY: A was checked above; B's view lies inside its packing (`sub_rows`, `cols`).
+    unsafe { run(super::path(), a, b, c, m, threads) };
 }
 
 /// C = A B over the tasks of a `Plan` for `threads` threads.
@@ -790,16 +811,27 @@ mod tests {
         for trans in [false, true] {
             let b = if trans { MatRef::t(&bd, kt) } else { MatRef::rows(&bd, nt) };
             let mut buf = Vec::new();
-            let packed = PackedB::new(b, nt, kt, &mut buf);
+            let packed =
+                if trans { PackedB::new(b, nt, kt, &mut buf) } else { PackedB::new_par(b, nt, kt, &mut buf) };
             for &(k0, k, n) in &[(0, 77, 45), (0, 30, 45), (20, 57, 17), (76, 1, 45), (5, 40, 1), (0, 0, 9)] {
                 for (m, a_trans) in [(1, false), (13, false), (24, true), (30, true)] {
                     let ad = data(m * k.max(1), (m + k) as u32);
                     let a = if a_trans { MatRef::t(&ad, m) } else { MatRef::rows(&ad, k.max(1)) };
                     let sub = MatRef { data: &b.data[k0 * b.rs..], ..b };
                     let want = reference(a, sub, m, n, k);
-                    let mut c = vec![f32::NAN; m * n];
-                    matmul_packed_serial(a, packed.rows(k0, k).cols(n), &mut c, m);
-                    assert!(same_bits(&c, &want), "rows {k0}+{k}, cols {n}, m {m}, trans {trans} {a_trans}");
+                    for threads in [1, 3] {
+                        let mut c = vec![f32::NAN; m * n];
+                        let view = packed.sub_rows(k0, k).cols(n);
+                        if threads == 1 {
+                            matmul_packed_serial(a, view, &mut c, m);
+                        } else {
+                            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                            pool.install(|| matmul_packed(a, view, &mut c, m));
+                        }
+                        let what =
+                            format!("rows {k0}+{k}, cols {n}, m {m}, trans {trans} {a_trans}, {threads}t");
+                        assert!(same_bits(&c, &want), "{what}");
+                    }
                 }
             }
         }
