@@ -569,9 +569,10 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
 
     let t0 = Instant::now();
     let mut last_val = None;
+    let mut pacer = crate::threads::Pacer::new();
     while trainer.step < steps {
         let ts = Instant::now();
-        let st = trainer.step()?;
+        let st = pacer.run(|| trainer.step())?;
         let done = trainer.step;
         let dt = ts.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt.max(1e-9);
@@ -579,6 +580,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let mut line = serde_json::json!({
             "step": done, "loss": st.loss, "lr": st.lr, "grad_norm": st.grad_norm,
             "tokens": done * tokens_per_step, "tokens_per_sec": tps,
+            "threads": pacer.last_threads(),
         });
         let last = done == steps;
         let mut val_loss = None;

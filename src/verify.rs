@@ -386,6 +386,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         scratch.dir.display()
     );
     let mut divergence = None;
+    let mut pacer = crate::threads::Pacer::new();
     for c in &targets {
         while trainer.step < c.step {
             if stop.load(Ordering::SeqCst) {
@@ -394,7 +395,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     trainer.step
                 )));
             }
-            trainer.step()?;
+            pacer.run(|| trainer.step())?;
         }
         let model = trainer.model_tensors()?;
         let got = [
