@@ -517,6 +517,49 @@ unsafe fn micro_scalar(
     }
 }
 
+/// The 6 x 16 C tile of an AVX2 microkernel as 12 accumulators: C's values when `load`, else
+/// +0.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_load_tile {
+    ($c:expr, $ldc:expr, $load:expr) => {{
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if $load {
+            for (r, ar) in acc.iter_mut().enumerate() {
+                ar[0] = _mm256_loadu_ps($c.add(r * $ldc));
+                ar[1] = _mm256_loadu_ps($c.add(r * $ldc + 8));
+            }
+        }
+        acc
+    }};
+}
+
+/// One k step of an AVX2 microkernel: B[k][0..16] from `$b`, then for each row r,
+/// acc[r] = fma(A[r][k] (read at `$a[r]`), B[k], acc[r]).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_step {
+    ($b:expr, [$($a:expr),*], [$(($lo:ident, $hi:ident)),*]) => {{
+        let bk = $b;
+        let b0 = _mm256_loadu_ps(bk);
+        let b1 = _mm256_loadu_ps(bk.add(8));
+        $(
+            let x = _mm256_broadcast_ss(&*$a);
+            $lo = _mm256_fmadd_ps(x, b0, $lo);
+            $hi = _mm256_fmadd_ps(x, b1, $hi);
+        )*
+    }};
+}
+
+/// Store the 12 accumulators of an AVX2 microkernel into the C tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_store_tile {
+    ($c:expr, $ldc:expr, $out:expr) => {
+        for (r, or) in $out.iter().enumerate() {
+            _mm256_storeu_ps($c.add(r * $ldc), or[0]);
+            _mm256_storeu_ps($c.add(r * $ldc + 8), or[1]);
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 /// The AVX2 microkernel for a packed A tile (`[k][6]`) and a packed B panel (`[k][16]`): every
@@ -535,44 +578,18 @@ unsafe fn micro_avx2_packed(
     load: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    if load {
-        for (r, ar) in acc.iter_mut().enumerate() {
-            ar[0] = _mm256_loadu_ps(c.add(r * ldc));
-            ar[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
-        }
-    }
-    let [mut c00, mut c01] = acc[0];
-    let [mut c10, mut c11] = acc[1];
-    let [mut c20, mut c21] = acc[2];
-    let [mut c30, mut c31] = acc[3];
-    let [mut c40, mut c41] = acc[4];
-    let [mut c50, mut c51] = acc[5];
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx2_load_tile!(c, ldc, load);
     // One k step. A and B advance by constant strides (6 and 16 floats), so every load is a
     // base pointer plus an immediate offset.
     macro_rules! step {
         ($ak:expr, $bk:expr) => {{
-            let (ak, bk) = ($ak, $bk);
-            let b0 = _mm256_loadu_ps(bk);
-            let b1 = _mm256_loadu_ps(bk.add(8));
-            let x = _mm256_broadcast_ss(&*ak);
-            c00 = _mm256_fmadd_ps(x, b0, c00);
-            c01 = _mm256_fmadd_ps(x, b1, c01);
-            let x = _mm256_broadcast_ss(&*ak.add(1));
-            c10 = _mm256_fmadd_ps(x, b0, c10);
-            c11 = _mm256_fmadd_ps(x, b1, c11);
-            let x = _mm256_broadcast_ss(&*ak.add(2));
-            c20 = _mm256_fmadd_ps(x, b0, c20);
-            c21 = _mm256_fmadd_ps(x, b1, c21);
-            let x = _mm256_broadcast_ss(&*ak.add(3));
-            c30 = _mm256_fmadd_ps(x, b0, c30);
-            c31 = _mm256_fmadd_ps(x, b1, c31);
-            let x = _mm256_broadcast_ss(&*ak.add(4));
-            c40 = _mm256_fmadd_ps(x, b0, c40);
-            c41 = _mm256_fmadd_ps(x, b1, c41);
-            let x = _mm256_broadcast_ss(&*ak.add(5));
-            c50 = _mm256_fmadd_ps(x, b0, c50);
-            c51 = _mm256_fmadd_ps(x, b1, c51);
+            let ak = $ak;
+            avx2_step!(
+                $bk,
+                [ak, ak.add(1), ak.add(2), ak.add(3), ak.add(4), ak.add(5)],
+                [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)]
+            );
         }};
     }
     let (mut ak, mut bk) = (a, b);
@@ -590,11 +607,7 @@ unsafe fn micro_avx2_packed(
         ak = ak.add(MR);
         bk = bk.add(NR);
     }
-    let out = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
-    for (r, or) in out.iter().enumerate() {
-        _mm256_storeu_ps(c.add(r * ldc), or[0]);
-        _mm256_storeu_ps(c.add(r * ldc + 8), or[1]);
-    }
+    avx2_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -614,56 +627,23 @@ unsafe fn micro_avx2_strided(
     load: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    if load {
-        for (r, ar) in acc.iter_mut().enumerate() {
-            ar[0] = _mm256_loadu_ps(c.add(r * ldc));
-            ar[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
-        }
-    }
-    let [mut c00, mut c01] = acc[0];
-    let [mut c10, mut c11] = acc[1];
-    let [mut c20, mut c21] = acc[2];
-    let [mut c30, mut c31] = acc[3];
-    let [mut c40, mut c41] = acc[4];
-    let [mut c50, mut c51] = acc[5];
-    let rows = [a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars)];
-    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5] = rows;
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx2_load_tile!(c, ldc, load);
+    let mut rows = [a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars)];
     let mut bk = b;
     for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(bk);
-        let b1 = _mm256_loadu_ps(bk.add(8));
-        let x = _mm256_broadcast_ss(&*a0);
-        c00 = _mm256_fmadd_ps(x, b0, c00);
-        c01 = _mm256_fmadd_ps(x, b1, c01);
-        let x = _mm256_broadcast_ss(&*a1);
-        c10 = _mm256_fmadd_ps(x, b0, c10);
-        c11 = _mm256_fmadd_ps(x, b1, c11);
-        let x = _mm256_broadcast_ss(&*a2);
-        c20 = _mm256_fmadd_ps(x, b0, c20);
-        c21 = _mm256_fmadd_ps(x, b1, c21);
-        let x = _mm256_broadcast_ss(&*a3);
-        c30 = _mm256_fmadd_ps(x, b0, c30);
-        c31 = _mm256_fmadd_ps(x, b1, c31);
-        let x = _mm256_broadcast_ss(&*a4);
-        c40 = _mm256_fmadd_ps(x, b0, c40);
-        c41 = _mm256_fmadd_ps(x, b1, c41);
-        let x = _mm256_broadcast_ss(&*a5);
-        c50 = _mm256_fmadd_ps(x, b0, c50);
-        c51 = _mm256_fmadd_ps(x, b1, c51);
-        a0 = a0.add(acs);
-        a1 = a1.add(acs);
-        a2 = a2.add(acs);
-        a3 = a3.add(acs);
-        a4 = a4.add(acs);
-        a5 = a5.add(acs);
+        let [a0, a1, a2, a3, a4, a5] = rows;
+        avx2_step!(
+            bk,
+            [a0, a1, a2, a3, a4, a5],
+            [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)]
+        );
+        for r in rows.iter_mut() {
+            *r = r.add(acs);
+        }
         bk = bk.add(NR);
     }
-    let out = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
-    for (r, or) in out.iter().enumerate() {
-        _mm256_storeu_ps(c.add(r * ldc), or[0]);
-        _mm256_storeu_ps(c.add(r * ldc + 8), or[1]);
-    }
+    avx2_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
 }
 
 #[cfg(target_arch = "aarch64")]
