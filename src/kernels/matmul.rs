@@ -107,19 +107,18 @@ pub struct PackedB<'a> {
 impl<'a> PackedB<'a> {
     /// Pack B (k x n) into `buf`, on this thread.
     pub fn new(b: MatRef, n: usize, k: usize, buf: &'a mut Vec<f32>) -> PackedB<'a> {
-        if n == 0 || k == 0 {
-            return PackedB { data: &[], ktot: k, k0: 0, k, n };
-        }
-        assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
-        pack_b(b, n, k, false, buf)
+        Self::packed(b, n, k, false, buf)
     }
     /// Pack B (k x n) into `buf`, its panels split over the rayon pool.
     pub fn new_par(b: MatRef, n: usize, k: usize, buf: &'a mut Vec<f32>) -> PackedB<'a> {
+        Self::packed(b, n, k, true, buf)
+    }
+    fn packed(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> PackedB<'a> {
         if n == 0 || k == 0 {
             return PackedB { data: &[], ktot: k, k0: 0, k, n };
         }
         assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
-        pack_b(b, n, k, true, buf)
+        pack_b(b, n, k, parallel, buf)
     }
     /// Rows (the k of a product) of this view.
     pub fn rows(&self) -> usize {
