@@ -69,7 +69,7 @@ pub fn matmul_with(
     k: usize,
     parallel: bool,
 ) {
-    assert_eq!(c.len(), m * n, "matmul: C has {} elements, want {m} x {n}", c.len());
+    assert_eq!(Some(c.len()), m.checked_mul(n), "matmul: C has {} elements, want {m} x {n}", c.len());
     assert!(path.available(), "matmul: the {} path is not available on this CPU", path.name());
     if m == 0 || n == 0 {
         return;
@@ -80,8 +80,8 @@ pub fn matmul_with(
     }
     // Every element read below is some A(i, kk) / B(kk, j) with i < m, j < n, kk < k; these
     // two checks make the microkernels' raw reads of A in place safe.
-    assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
-    assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
+    assert!(inside(a, m, k), "matmul: A is too short");
+    assert!(inside(b, k, n), "matmul: B is too short");
     let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let mut bbuf = take(&PACKED_B);
     let bp = pack_b(b, n, k, threads > 1, &mut bbuf);
@@ -117,7 +117,7 @@ impl<'a> PackedB<'a> {
         if n == 0 || k == 0 {
             return PackedB { data: &[], ktot: k, k0: 0, k, n };
         }
-        assert!((k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "matmul: B is too short");
+        assert!(inside(b, k, n), "matmul: B is too short");
         pack_b(b, n, k, parallel, buf)
     }
     /// Rows (the k of a product) of this view.
@@ -126,7 +126,11 @@ impl<'a> PackedB<'a> {
     }
     /// Rows k0..k0+k of this view.
     pub fn sub_rows(self, k0: usize, k: usize) -> PackedB<'a> {
-        assert!(k0 + k <= self.k, "matmul: rows {k0}..{} of a packed B of {} rows", k0 + k, self.k);
+        assert!(
+            k0.checked_add(k).is_some_and(|end| end <= self.k),
+            "matmul: rows {k0}..{k0}+{k} of a packed B of {} rows",
+            self.k
+        );
         PackedB { k0: self.k0 + k0, k, ..self }
     }
     /// The first n columns of this view.
@@ -153,7 +157,7 @@ pub fn matmul_packed(a: MatRef, b: PackedB, c: &mut [f32], m: usize) {
 
 fn matmul_packed_with(a: MatRef, b: PackedB, c: &mut [f32], m: usize, threads: usize) {
     let (n, k) = (b.n, b.k);
-    assert_eq!(c.len(), m * n, "matmul: C has {} elements, want {m} x {n}", c.len());
+    assert_eq!(Some(c.len()), m.checked_mul(n), "matmul: C has {} elements, want {m} x {n}", c.len());
     if m == 0 || n == 0 {
         return;
     }
@@ -161,7 +165,7 @@ fn matmul_packed_with(a: MatRef, b: PackedB, c: &mut [f32], m: usize, threads: u
         c.fill(0.0);
         return;
     }
-    assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "matmul: A is too short");
+    assert!(inside(a, m, k), "matmul: A is too short");
     // SAFETY: A was checked above; B's view lies inside its packing (`sub_rows`, `cols`).
     unsafe { run(super::path(), a, b, c, m, threads) };
 }
@@ -268,8 +272,22 @@ unsafe impl Sync for SharedC {}
 /// Packs every k x 16 panel of B into `buf` as contiguous `[k][16]`, zero-padded (a strided
 /// panel read in place thrashes L1: a row stride of 4 KiB puts all of its k rows in one cache
 /// set). Copies only; the panels are split over the pool when `parallel`.
+/// Every element (i, j), i < rows, j < cols, of `x` lies inside its data: the largest index
+/// `(rows - 1) rs + (cols - 1) cs` is computed with checked arithmetic, since these are the
+/// checks that make the microkernels' raw reads sound, and a wrapped product would pass them.
+fn inside(x: MatRef, rows: usize, cols: usize) -> bool {
+    let last = (rows.max(1) - 1)
+        .checked_mul(x.rs)
+        .and_then(|r| (cols.max(1) - 1).checked_mul(x.cs).and_then(|c| r.checked_add(c)));
+    last.is_some_and(|l| l < x.data.len())
+}
+
 fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> PackedB<'a> {
     let panels = n.div_ceil(NR);
+    assert!(
+        panels.checked_mul(k).and_then(|x| x.checked_mul(NR)).is_some(),
+        "matmul: a packed B of {k} x {n} does not fit in memory"
+    );
     if buf.len() < panels * k * NR {
         buf.resize(panels * k * NR, 0.0);
     }
@@ -689,6 +707,54 @@ unsafe fn micro_neon(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// K1 (review 2026-12-02): strides whose products wrap around usize passed the bounds
+    /// checks and the microkernels then read far outside A (a segfault from safe code). Each
+    /// case must now be refused with a panic before any raw read.
+    #[test]
+    fn wrapping_strides_are_refused_not_read() {
+        let a_data = [1f32; 8];
+        let b_data = [1f32; 16];
+        let wrap = (1u128 << 64).div_ceil(5); // (m - 1) * rs wraps to 4 for m = 6
+        let rs = wrap as usize;
+        for path in [Path::Scalar, super::super::path()] {
+            let r = std::panic::catch_unwind(|| {
+                let mut c = vec![0f32; 6 * 16];
+                let a = MatRef { data: &a_data, rs, cs: 1 };
+                matmul_with(path, a, MatRef::rows(&b_data, 16), &mut c, 6, 16, 1, false);
+            });
+            let msg = r.expect_err("wrapped A strides were accepted");
+            let msg =
+                msg.downcast_ref::<&str>().map(|s| s.to_string()).or(msg.downcast_ref::<String>().cloned());
+            assert!(msg.unwrap_or_default().contains("A is too short"));
+            let r = std::panic::catch_unwind(|| {
+                let mut c = vec![0f32; 16];
+                let b = MatRef { data: &b_data, rs: 1, cs: usize::MAX / 8 };
+                matmul_with(path, MatRef::rows(&a_data, 1), b, &mut c, 1, 16, 1, false);
+            });
+            assert!(r.is_err(), "wrapped B strides were accepted");
+        }
+        // m * n that wraps to the length of C.
+        let r = std::panic::catch_unwind(|| {
+            let mut c = vec![0f32; 0];
+            let big = 1usize << 33;
+            matmul_with(
+                Path::Scalar,
+                MatRef::rows(&a_data, 1),
+                MatRef::rows(&b_data, 1),
+                &mut c,
+                big,
+                big,
+                1,
+                false,
+            );
+        });
+        assert!(r.is_err(), "an m x n that wraps to 0 was accepted");
+        // Packed sub-views whose end wraps.
+        let mut buf = Vec::new();
+        let p = PackedB::new(MatRef::rows(&b_data, 16), 16, 1, &mut buf);
+        assert!(std::panic::catch_unwind(|| p.sub_rows(1, usize::MAX)).is_err());
+    }
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
         // Values of mixed magnitude so that summation order shows in the bits.
