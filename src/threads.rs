@@ -3,8 +3,9 @@
 //! (`CANDLE_NUM_THREADS=1`) and gives the matmul pool (rayon's, sized by `RAYON_NUM_THREADS`) the
 //! configured count. This must run before candle first reads either variable, so `main` calls it
 //! before any tensor work.
-//! The count never reaches the weights: tinylm's kernels split work over output rows only
-//! (docs/numerics.md).
+//! The count never reaches the weights: tinylm's kernels split a product into disjoint blocks of
+//! output rows and columns (`kernels::matmul`'s `Plan`), and every output element is one fixed
+//! fma chain whichever thread computes it (docs/numerics.md).
 
 pub fn configure(threads: usize) {
     let n = threads.max(1);
