@@ -1,38 +1,8 @@
 //! The URL source, against a server this test starts on 127.0.0.1 (never the internet).
 
 mod util;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use util::*;
-
-/// Serve `body` for every GET until the test ends; count the requests.
-fn serve(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(20) {
-            let Ok(mut s) = stream else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if line == "\r\n" {
-                    break;
-                }
-                line.clear();
-            }
-            h.fetch_add(1, Ordering::SeqCst);
-            let head =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    (format!("http://{addr}/corpus/input.txt"), hits)
-}
 
 #[test]
 fn url_source_downloads_once_verifies_and_reuses() {

@@ -106,11 +106,9 @@ fn sigint_and_sigterm_checkpoint_and_resume_is_exact() {
         let run = format!("runs/{sig}");
         let mut args: Vec<&str> = owned.iter().map(String::as_str).collect();
         args[4] = &run;
-        let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
-        wait_for(&d.path(&format!("{run}/step-00000050")), Duration::from_secs(60));
-        let kill =
-            std::process::Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status();
-        assert!(kill.unwrap().success());
+        let mut child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
+        assert!(wait_for_step(&mut child, &d.path(&run), 50).is_some(), "SIG{sig}: the run ended early");
+        signal(child.id(), sig);
         let out = child.wait_with_output().unwrap();
         let e = stderr(&out);
         assert_eq!(out.status.code(), Some(130), "SIG{sig}: {e}");
@@ -134,7 +132,7 @@ fn kill_9_then_resume_is_exact() {
             a.push("--resume");
         }
         let mut child = d.cmd(&a).stderr(Stdio::null()).spawn().unwrap();
-        wait_for(&d.path(&format!("runs/k/step-{wait_step:08}")), Duration::from_secs(60));
+        assert!(wait_for_step(&mut child, &d.path("runs/k"), wait_step).is_some(), "the run ended early");
         std::thread::sleep(Duration::from_millis(3 * (wait_step % 5)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

@@ -6,7 +6,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::*;
 
 /// Every file under `dir` (but the lock file) by relative path, with its SHA-256.
@@ -159,10 +159,9 @@ fn b4_the_printed_resume_command_works() {
     let cfg = d.config();
     let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/int"];
     args.extend_from_slice(&sets);
-    let child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for(&d.path("runs/int/step-00000100"), Duration::from_secs(60));
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    let mut child = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for_step(&mut child, &d.path("runs/int"), 100).is_some(), "the run ended early");
+    signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{e}");
@@ -328,9 +327,9 @@ fn b9_verify_reexecutes_only_what_was_recorded() {
     let cfg = d.config();
     let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/int"];
     args.extend_from_slice(&sets);
-    let child = d.cmd(&args).stderr(Stdio::null()).spawn().unwrap();
-    wait_for(&d.path("runs/int/step-00000040"), Duration::from_secs(60));
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let mut child = d.cmd(&args).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_for_step(&mut child, &d.path("runs/int"), 40).is_some(), "the run ended early");
+    signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let last = tinylm::checkpoint::list(&d.path("runs/int")).unwrap().last().unwrap().0;
@@ -368,6 +367,9 @@ fn b10_prepared_data_records_its_recipe() {
 }
 
 /// B11: two trainers on one run directory: the second is refused at once, the first finishes.
+/// The first is stopped (SIGSTOP) while the others try, so it holds the lock however fast the
+/// machine is, and a second trainer that waited for the lock instead of refusing would never
+/// return: `run_bounded` fails it.
 #[test]
 fn b11_two_trainers_on_one_run_directory() {
     let d = Dir::new("b11");
@@ -376,13 +378,13 @@ fn b11_two_trainers_on_one_run_directory() {
     let cfg = d.config();
     let mut args = vec!["train", "--config", &cfg, "--run-dir", "runs/a"];
     args.extend_from_slice(&sets);
-    let first = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for(&d.path("runs/a/manifest.json"), Duration::from_secs(60));
-    let t = Instant::now();
-    let second = d.run(&["train", "--resume", "runs/a"]);
-    assert!(t.elapsed() < Duration::from_secs(10), "the second trainer was not refused at once");
+    let mut first = d.cmd(&args).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for_step(&mut first, &d.path("runs/a"), 50).is_some(), "the first trainer ended early");
+    signal(first.id(), "STOP");
+    let second = run_bounded(d.cmd(&["train", "--resume", "runs/a"]), Duration::from_secs(120));
+    let again = run_bounded(d.cmd(&args), Duration::from_secs(120));
+    signal(first.id(), "CONT");
     assert_clean_error(&second, "run directory runs/a is in use by another tinylm process");
-    let again = d.run(&args);
     assert_clean_error(&again, "in use by another tinylm process");
     let out = first.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -392,7 +394,9 @@ fn b11_two_trainers_on_one_run_directory() {
 
 /// Twenty kill -9 at random moments of a run checkpointing every step with keep_last = 2, each
 /// followed by the command it printed at start: the same final weights as a straight run, and
-/// the files check after every kill.
+/// the files check after every kill. The moments are progress, not time: each kill waits until
+/// the run has passed a pseudo-random step beyond the last one seen, so twenty kills fit on a
+/// machine of any speed and under any load.
 #[test]
 fn kill_9_twenty_times_then_resume() {
     let d = Dir::new("kill20");
@@ -410,11 +414,12 @@ fn kill_9_twenty_times_then_resume() {
     let cfg = d.config();
     let mut first = vec!["train", "--config", cfg.as_str(), "--run-dir", "runs/k"];
     first.extend_from_slice(&sets);
-    // A fixed xorshift sequence of delays: random moments, the same on every run of the test.
+    // A fixed xorshift sequence of targets: 1 to 12 steps past the newest checkpoint seen, so
+    // twenty kills end by step 260 of 400 whatever the speed.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut printed: Option<String> = None;
-    let mut kills = 0;
-    while kills < 20 {
+    let mut seen = 0u64;
+    for kill in 0..20 {
         let args: Vec<String> = match &printed {
             None => first.iter().map(|s| s.to_string()).collect(),
             Some(line) => line.split_whitespace().skip(1).map(String::from).collect(),
@@ -433,35 +438,32 @@ fn kill_9_twenty_times_then_resume() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(40 + x % 260));
+        let target = seen + 1 + x % 12;
+        let reached = wait_for_step(&mut child, &d.path("runs/k"), target);
+        // Then somewhere in the next step or checkpoint write.
+        std::thread::sleep(Duration::from_micros((x >> 8) % 3000));
         let _ = child.kill();
         let status = child.wait().unwrap();
         let e = reader.join().unwrap();
+        assert!(reached.is_some(), "kill {kill}: the run ended before step {target} ({status}):\n{e}");
         if printed.is_none() {
             if let Some(l) = e.lines().find_map(|l| l.split("continue with: ").nth(1)) {
                 printed = Some(l.to_string());
             }
         }
-        if status.success() {
-            break; // finished before the kill landed
-        }
-        kills += 1;
+        assert!(!status.success(), "kill {kill}: the run finished before step 400 was reached");
+        seen = tinylm::checkpoint::list(&d.path("runs/k")).unwrap().last().map_or(0, |c| c.0).max(target);
         if d.path("runs/k/manifest.json").exists() {
             files_only_ok(&d, "runs/k");
         }
     }
-    eprintln!("{kills} kills before the final resume");
-    assert_eq!(kills, 20, "the run finished before 20 kills; make it longer");
+    assert!(seen < 400, "twenty kills must land before the end (last target {seen})");
     let line = printed.expect("the start line names the resume command");
     assert_eq!(line, "tinylm train --resume runs/k");
     let o = run_printed(&d, &line);
     let done = o.status.success() || stderr(&o).contains("nothing to do");
     assert!(done, "{}", stderr(&o));
-    assert_eq!(
-        weights(&d.path("runs/k"), 400),
-        weights(&d.path("runs/straight"), 400),
-        "after {kills} kills"
-    );
+    assert_eq!(weights(&d.path("runs/k"), 400), weights(&d.path("runs/straight"), 400), "after 20 kills");
     files_only_ok(&d, "runs/k");
 }
 
@@ -481,7 +483,7 @@ fn a_full_disk_during_a_checkpoint() {
     // Prepare the data outside the small disk.
     let o = d.run(&["prepare", "--config", &d.config()]);
     assert!(o.status.success());
-    let bin = env!("CARGO_BIN_EXE_tinylm");
+    let bin = bin().display().to_string();
     let cfg = d.config();
     // One checkpoint of this model is ~0.5 MB: 1.3 MB holds two, not three.
     let script = format!(

@@ -44,6 +44,14 @@ sample_tokens = 8
 every = 5
 "#;
 
+/// The binary under test: this build's, or `TINYLM_TEST_BIN` (to run the suite against another
+/// build, e.g. to see a regression test fail on the commit before its fix).
+pub fn bin() -> PathBuf {
+    std::env::var_os("TINYLM_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tinylm").into())
+}
+
 pub struct Dir(pub PathBuf);
 
 impl Dir {
@@ -66,7 +74,7 @@ impl Dir {
         self.cmd(args).output().unwrap()
     }
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tinylm"));
+        let mut c = Command::new(bin());
         c.args(args).current_dir(&self.0);
         c
     }
@@ -146,4 +154,76 @@ pub fn wait_for(p: &Path, limit: std::time::Duration) {
         assert!(t.elapsed() < limit, "{} never appeared", p.display());
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Wait until the run in `run_dir` has a checkpoint at `step` or later (progress, not time),
+/// while `child` runs. Returns the newest step seen, or None when the child exited first. The
+/// limit guards against a hang only: no machine is that slow.
+pub fn wait_for_step(child: &mut std::process::Child, run_dir: &Path, step: u64) -> Option<u64> {
+    let t = std::time::Instant::now();
+    loop {
+        let newest = tinylm::checkpoint::list(run_dir).unwrap_or_default().last().map_or(0, |c| c.0);
+        if newest >= step {
+            return Some(newest);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(600),
+            "step {step} never came in {}",
+            run_dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Send `sig` (e.g. "INT", "STOP") to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let s = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    assert!(s.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+}
+
+/// Run a command to its end, failing the test (and killing it) if it has not ended within
+/// `limit`: a guard against a hang, such as a process waiting on a lock it should refuse.
+pub fn run_bounded(mut c: Command, limit: std::time::Duration) -> Output {
+    let mut child =
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{c:?} did not end within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Serve `body` for every GET until the test ends; count the requests.
+pub fn serve(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (format!("http://{addr}/corpus/input.txt"), hits)
 }
