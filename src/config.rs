@@ -558,12 +558,20 @@ impl Config {
         if let Err(why) = check_name(&self.run.name) {
             p.push(("run.name", why));
         }
-        if p.is_empty() {
-            if let Some(problem) = self.memory_problem(available_memory()) {
-                p.push(problem);
+        p
+    }
+
+    /// The training memory estimate against this machine, for the commands that train or
+    /// re-execute training (`train`, `prepare`, `verify`). Reading a config (to sample,
+    /// release, audit or replay batches) never checks it: those need far less, and a run
+    /// trained on a bigger machine must stay usable on a smaller one.
+    pub fn check_memory(&self, file: &Path) -> Result<()> {
+        match self.memory_problem(available_memory()) {
+            None => Ok(()),
+            Some((key, msg)) => {
+                Err(Error::Config { file: file.to_path_buf(), problems: vec![format!("`{key}`: {msg}")] })
             }
         }
-        p
     }
 
     /// Parameters of the model (with a vocabulary of `tokenizer.vocab_size`).

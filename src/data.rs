@@ -41,6 +41,10 @@ pub struct Meta {
     pub corpus_bytes: u64,
     pub val_fraction: f64,
     pub vocab_size: u64,
+    /// The vocabulary the tokenizer really has: `vocab_size`, or fewer when the corpus ran out
+    /// of pairs to merge (0 in files written before this was recorded).
+    #[serde(default)]
+    pub tokenizer_vocab_size: u64,
     /// `tokenizer::RECIPE` and the `tokenizers` crate version that made these files; files
     /// from another recipe or version are rebuilt, never reused.
     #[serde(default)]
@@ -136,11 +140,118 @@ fn corpus_text(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<(Str
 
 fn url_file_name(url: &str) -> String {
     let last = url.rsplit('/').next().unwrap_or("");
-    if last.is_empty() {
+    if last.is_empty() || last == "." || last == ".." {
         "download.txt".into()
     } else {
         last.to_string()
     }
+}
+
+/// Where a replay of someone else's run (`verify`, `batches`, `audit`) may take its corpus from.
+/// The run's config is not trusted: a release's author chose it.
+pub struct Replay<'a> {
+    /// The release directory, when the run is a release: its `data/corpus.txt` is the corpus,
+    /// and its config may not name paths outside it.
+    pub release: Option<&'a Path>,
+    /// A corpus file the user named (`--corpus FILE`); it must still match `data.sha256`.
+    pub corpus: Option<&'a Path>,
+    /// The user allowed a `url` source to be fetched (`--allow-download`), into `scratch` only.
+    pub allow_download: bool,
+    /// The replay's own directory: the only place it writes.
+    pub scratch: &'a Path,
+}
+
+/// A release's `data.path` or `data.dir` must be a relative path that stays inside it.
+fn check_inside(key: &str, value: &str, config: &Path) -> Result<()> {
+    let p = Path::new(value);
+    let leaves = p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if leaves {
+        return Err(Error::hint(
+            format!(
+                "{}: {key} = {value:?} is {} the release: a release must not name paths outside itself, so it is refused",
+                config.display(),
+                if p.is_absolute() { "an absolute path, outside" } else { "a path that leaves" }
+            ),
+            "this release cannot be replayed as published; ask its author for one whose config names data paths relative to the folder",
+        ));
+    }
+    Ok(())
+}
+
+/// Point the data section of an untrusted config at what a replay may use, so that preparing
+/// it reads only the named corpus and writes only under `r.scratch`:
+/// - `data.dir` becomes `scratch/data`;
+/// - a `file` or `url` corpus is `--corpus`, else the release's `data/corpus.txt` (which must
+///   stay inside the release), else, for a run directory, the file its config names (read,
+///   never written);
+/// - a `url` corpus that is nowhere here is fetched only with `allow_download`, and then into
+///   `scratch/download/` whatever the config's `data.path` says.
+///
+/// The pin (`data.sha256`) is kept, so a corpus that is not the run's is refused by `prepare`.
+pub fn confine(cfg: &mut Config, config_file: &Path, r: &Replay, log: &dyn Fn(&str)) -> Result<()> {
+    if r.release.is_some() {
+        if let Some(p) = &cfg.data.path {
+            check_inside("data.path", p, config_file)?;
+        }
+        check_inside("data.dir", &cfg.data.dir, config_file)?;
+    }
+    let configured = match (&cfg.data.path, &cfg.data.url) {
+        (Some(p), _) => Some(PathBuf::from(p)),
+        (None, Some(u)) => Some(Path::new(&cfg.data.dir).join(url_file_name(u))),
+        (None, None) => None,
+    };
+    cfg.data.dir = r.scratch.join("data").display().to_string();
+    if cfg.data.source == "builtin" {
+        return Ok(());
+    }
+    let shipped = match r.release {
+        Some(rel) => {
+            let c = rel.join("data").join("corpus.txt");
+            if fs::symlink_metadata(&c).is_ok() {
+                let (canon, root) = (c.canonicalize().at(&c)?, rel.canonicalize().at(rel)?);
+                if !canon.starts_with(&root) || !canon.is_file() {
+                    return Err(Error::hint(
+                        format!("{} leads outside the release (to {})", c.display(), canon.display()),
+                        "a release's corpus must be a file inside it; this one is refused",
+                    ));
+                }
+                Some(canon)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let use_file = |cfg: &mut Config, p: PathBuf| {
+        cfg.data.source = "file".into();
+        cfg.data.path = Some(p.display().to_string());
+    };
+    if let Some(c) = r.corpus {
+        use_file(cfg, c.to_path_buf());
+    } else if let Some(c) = shipped {
+        use_file(cfg, c);
+    } else if r.release.is_none() && configured.as_ref().is_some_and(|p| p.is_file()) {
+        use_file(cfg, configured.unwrap_or_default());
+    } else if cfg.data.source == "url" && r.allow_download {
+        let dest = r.scratch.join("download").join(url_file_name(cfg.data.url.as_deref().unwrap_or("")));
+        log(&format!("--allow-download: fetching the corpus into {}", dest.display()));
+        cfg.data.path = Some(dest.display().to_string());
+    } else {
+        let sha = cfg.data.sha256.clone().unwrap_or_default();
+        let hint = match (&cfg.data.url, r.release) {
+            (Some(u), _) => format!(
+                "pass --corpus FILE (the file with sha256 {sha}), or --allow-download to fetch {u} into the scratch directory"
+            ),
+            (None, _) => format!("pass --corpus FILE (the file with sha256 {sha})"),
+        };
+        let what = match (r.release, &configured) {
+            (Some(rel), _) => format!("{} does not ship its corpus (no data/corpus.txt)", rel.display()),
+            (None, Some(p)) => format!("the run's corpus {} is not here", p.display()),
+            (None, None) => "the run's config names no corpus".into(),
+        };
+        return Err(Error::hint(what, hint));
+    }
+    Ok(())
 }
 
 /// Download `url` to `dest`, verifying the pinned hash before the file appears at `dest`.
@@ -271,6 +382,13 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
     let tok_path = dir.join(TOKENIZER_JSON);
     write_atomic(&tok_path, json.as_bytes())?;
     let tok = Tok::from_file(&tok_path)?;
+    let real_vocab = tok.vocab_size() as u64;
+    if real_vocab < cfg.tokenizer.vocab_size {
+        log(&format!(
+            "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
+            cfg.tokenizer.vocab_size
+        ));
+    }
 
     let write_split = |split: &str, part: &str| -> Result<SplitMeta> {
         let ids = tok.encode(part)?;
@@ -291,6 +409,7 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
         corpus_bytes: text.len() as u64,
         val_fraction: cfg.data.val_fraction,
         vocab_size: cfg.tokenizer.vocab_size,
+        tokenizer_vocab_size: real_vocab,
         tokenizer_recipe: tokenizer::RECIPE.into(),
         tokenizers_version: crate::manifest::tokenizers_version(),
         tokenizer_sha256: sha256_hex(json.as_bytes()),

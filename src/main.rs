@@ -101,6 +101,14 @@ enum Cmd {
         /// changes results.
         #[arg(long)]
         threads: Option<usize>,
+        /// The corpus file, when the run's own is not at hand (a release that does not ship
+        /// it). It must match the run's pin (data.sha256).
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<PathBuf>,
+        /// Allow fetching a `url` corpus that is not here, into the scratch directory only.
+        /// Without it verify never touches the network.
+        #[arg(long)]
+        allow_download: bool,
     },
     /// Publish a finished run as a self-contained release: HF model layout, model card, data
     /// card, technical report, every checkpoint, data, source, licences, mof.yml, SHA256SUMS.
@@ -140,6 +148,10 @@ enum Cmd {
         /// Contact for mof.yml and the cards.
         #[arg(long, default_value = "")]
         contact: String,
+        /// Release a run that stopped before train.steps (it is marked as partial in the
+        /// cards and release.json).
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Check a model directory (a tinylm release or any HF model folder): hashes, weights vs
     /// config.json, licences, mof.yml, data replay; print the MOF class met.
@@ -152,9 +164,13 @@ enum Cmd {
         /// The class that must be met (1, 2 or 3); default: the class mof.yml's components claim.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
         require: Option<u8>,
-        /// Do not re-prepare a release's data to check its token hashes.
+        /// Do not re-prepare a release's data to check its token hashes (reported as skipped).
         #[arg(long)]
         skip_data_replay: bool,
+        /// Pass a folder that has no SHA256SUMS (its files are then not checked against a
+        /// published list); without it a missing SHA256SUMS fails the audit.
+        #[arg(long)]
+        no_sums: bool,
     },
     /// Print the exact token windows training step N saw (JSON lines), from a release or run.
     Batches {
@@ -165,6 +181,12 @@ enum Cmd {
         /// Keep the rebuilt token files here (default: a temp directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The corpus file, when the run's own is not at hand; it must match data.sha256.
+        #[arg(long, value_name = "FILE")]
+        corpus: Option<PathBuf>,
+        /// Allow fetching a `url` corpus that is not here, into the data directory only.
+        #[arg(long)]
+        allow_download: bool,
     },
 }
 
@@ -205,22 +227,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(Resume::From(p)) => Some(p.clone()),
                 _ => None,
             };
-            let (cfg, run_dir) = match config {
+            let (cfg, run_dir, cfg_path) = match config {
                 Some(config) => {
                     let cfg = Config::load(&config, &set)?;
                     let run_dir = run_dir.or(named_run).unwrap_or_else(|| cfg.default_run_dir());
-                    (cfg, run_dir)
+                    (cfg, run_dir, config)
                 }
                 None => {
-                    let run_dir = run_dir.or(named_run).ok_or_else(|| {
+                    let run_dir = run_dir.or_else(|| named_run.clone()).ok_or_else(|| {
                         Error::hint(
                             "--resume without --config needs the run directory",
                             "pass it: tinylm train --resume RUN_DIR (e.g. checkpoints/tiny)",
                         )
                     })?;
-                    (run_config(&run_dir, &set)?, run_dir)
+                    // `--resume OTHER[/step-N] --run-dir NEW`: a new run directory has no
+                    // config yet, so what --resume names gives it: the checkpoint's own
+                    // config.toml (hash-checked against its state.json when loaded), or the
+                    // run directory's.
+                    let from = match &resume {
+                        Some(Resume::From(p)) if !run_dir.join(tinylm::checkpoint::CONFIG_FILE).is_file() => {
+                            p.clone()
+                        }
+                        _ => run_dir.clone(),
+                    };
+                    let path = from.join(tinylm::checkpoint::CONFIG_FILE);
+                    (run_config(&from, &set)?, run_dir, path)
                 }
             };
+            cfg.check_memory(&cfg_path)?;
             if dry_run {
                 print!("{}", plan(&cfg, &run_dir, resume.is_some()));
                 return Ok(ExitCode::SUCCESS);
@@ -251,6 +285,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Prepare { config, set } => {
             let cfg = Config::load(&config, &set)?;
+            cfg.check_memory(&config)?;
             threads::configure(cfg.threads());
             let say = |s: &str| eprintln!("{s}");
             let p = tinylm::data::prepare(&cfg, std::path::Path::new(&cfg.data.dir), &say)?;
@@ -275,7 +310,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Verify { run_dir, from, files_only, scratch, keep_scratch, threads: n } => {
+        Cmd::Verify {
+            run_dir,
+            from,
+            files_only,
+            scratch,
+            keep_scratch,
+            threads: n,
+            corpus,
+            allow_download,
+        } => {
             let cfg_path = verify::Layout::detect(&run_dir).run.join(tinylm::checkpoint::CONFIG_FILE);
             let n = match n {
                 Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -285,12 +329,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads::configure(n);
             let stop = stop_flag();
             let report = verify::verify(
-                &verify::VerifyArgs { run_dir, from, files_only, scratch, keep_scratch },
+                &verify::VerifyArgs {
+                    run_dir,
+                    from,
+                    files_only,
+                    scratch,
+                    keep_scratch,
+                    corpus,
+                    allow_download,
+                },
                 &stop,
             )?;
             print!("{}", report.table());
             if report.ok() {
                 println!("verified: every recorded hash matches");
+                for u in &report.unverified {
+                    println!(
+                        "unverified: {u} is on disk but not recorded in the manifest, so nothing vouches for it (a full verify re-executes it and compares)"
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
                 let bad: Vec<&str> =
@@ -312,6 +369,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             corpus,
             date,
             contact,
+            allow_partial,
         } => {
             threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let args = tinylm::release::ReleaseArgs {
@@ -327,6 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 corpus,
                 date: date.unwrap_or_else(tinylm::release::today),
                 contact,
+                allow_partial,
             };
             let s = tinylm::release::release(&args, &|m| eprintln!("{m}"))?;
             println!(
@@ -344,12 +403,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("check it with: tinylm audit {}", s.out_dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit { dir, json, require, skip_data_replay } => {
+        Cmd::Audit { dir, json, require, skip_data_replay, no_sums } => {
             threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let a = tinylm::release::audit::audit(&tinylm::release::audit::AuditArgs {
                 dir,
                 require,
                 skip_data_replay,
+                no_sums,
             })?;
             if json {
                 println!(
@@ -361,11 +421,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if a.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Cmd::Batches { path, step, data_dir } => {
+        Cmd::Batches { path, step, data_dir, corpus, allow_download } => {
             let (_, w) = tinylm::release::batches::batches(&tinylm::release::batches::BatchesArgs {
                 path,
                 step,
                 data_dir,
+                corpus,
+                allow_download,
             })?;
             print!("{}", tinylm::release::batches::to_jsonl(step, &w));
             Ok(ExitCode::SUCCESS)

@@ -145,7 +145,12 @@ impl RunDir {
         match fs::OpenOptions::new().read(true).open(&p) {
             Ok(f) => Ok(RunDir {
                 path: path.to_path_buf(),
-                _lock: acquire(f, path, false, "wait for the training to finish (or stop it), then verify")?,
+                _lock: acquire(
+                    f,
+                    path,
+                    false,
+                    "wait for the training to finish (or stop it), then try again",
+                )?,
             }),
             Err(_) => Ok(RunDir { path: path.to_path_buf(), _lock: fs::File::open(path).at(path)? }),
         }

@@ -151,7 +151,11 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
     // or a mix-up). A checkpoint it does not record (written just before a crash) checks
     // against its own state.json only, and is recorded when the resume starts.
     let owner = dir.parent().unwrap_or(Path::new("."));
+    let old = Config::from_source(&loaded.config_toml, &dir.join(CONFIG_FILE), &[])?;
     if let Some(m) = run::read_manifest(owner)? {
+        if !m.checkpoints.iter().any(|c| c.step == step && c.present) {
+            check_unrecorded(&dir, step, &old, &loaded.state.data, &m)?;
+        }
         if let Some(rec) = m.checkpoints.iter().find(|c| c.step == step && c.present) {
             let (_, files) = run::verified_hashes(&dir)?;
             for (name, want) in &rec.files {
@@ -168,7 +172,6 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
             }
         }
     }
-    let old = Config::from_source(&loaded.config_toml, &dir.join(CONFIG_FILE), &[])?;
     let mut diffs: Vec<String> = incompatible(&old, cfg)
         .into_iter()
         .map(|(k, a, b)| format!("  {k}: checkpoint has {a}, now {b}"))
@@ -207,6 +210,59 @@ fn load_resume(r: &Resume, run_dir: &Path, cfg: &Config, prepared: &Prepared) ->
         ));
     }
     Ok(loaded)
+}
+
+/// A checkpoint its run's manifest does not record is what a crash between writing and
+/// recording leaves, or something put there by hand (a copy, a forgery). Only the first shape
+/// is resumed from: the checkpoint the run would have written next after its newest record (a
+/// cadence step, the last step, or an interrupt between them), made from the data the manifest
+/// records. It is said so, since nothing vouches for it until `tinylm verify` re-executes it.
+fn check_unrecorded(
+    dir: &Path,
+    step: u64,
+    old: &Config,
+    data: &BTreeMap<String, String>,
+    m: &crate::manifest::Manifest,
+) -> Result<()> {
+    let newest = m.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
+    let every = old.checkpoint.every;
+    let next = newest.checked_div(every).map_or(u64::MAX, |q| (q + 1).saturating_mul(every));
+    let next = next.min(old.train.steps.max(newest + 1));
+    let owner = dir.parent().unwrap_or(Path::new("."));
+    let recorded = || match newest {
+        0 => format!(
+            "start again: `tinylm train --resume {}` with no checkpoint recorded starts from step 0",
+            owner.display()
+        ),
+        n => format!(
+            "resume from the newest recorded checkpoint: --resume {}",
+            owner.join(checkpoint::dir_name(n)).display()
+        ),
+    };
+    if step <= newest || step > next {
+        return Err(Error::hint(
+            format!(
+                "{} is not recorded in the run's manifest, and it is not the checkpoint the run would have written after its newest record (step {newest}; the next is step {next}), so it is not resumed from",
+                dir.display()
+            ),
+            recorded(),
+        ));
+    }
+    let want = data_hashes(&m.data);
+    if data != &want {
+        return Err(Error::hint(
+            format!(
+                "{} is not recorded in the run's manifest, and its data hashes are not the run's",
+                dir.display()
+            ),
+            recorded(),
+        ));
+    }
+    eprintln!(
+        "warning: {} is not recorded in the manifest (a crash between writing and recording it); resuming from it, and `tinylm verify` re-executes it to check",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// One optimizer step's figures.
@@ -284,8 +340,15 @@ impl<'a> Trainer<'a> {
 
     /// Validation loss of the current weights (`evaluate`), through the training forward pass.
     pub fn evaluate(&mut self, val: &[u16], tok: &Tok) -> Result<EvalResult> {
+        let cfg = self.cfg;
+        self.evaluate_as(val, tok, cfg)
+    }
+
+    /// As `evaluate`, with the eval settings (`eval.batches`) of `cfg`: those of the session
+    /// that made a checkpoint, which may differ from the run's first config.
+    pub fn evaluate_as(&mut self, val: &[u16], tok: &Tok, cfg: &Config) -> Result<EvalResult> {
         let (engine, w, vocab) = (&mut self.engine, &self.w, self.dims.vocab);
-        evaluate(val, tok, self.cfg, &mut |x: &[u32], y: &[u32]| {
+        evaluate(val, tok, cfg, &mut |x: &[u32], y: &[u32]| {
             check_ids(x.iter().chain(y), vocab)?;
             let mut out = vec![0f32; y.len()];
             engine.token_losses(w, x, y, &mut out);

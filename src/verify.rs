@@ -31,6 +31,10 @@ pub struct VerifyArgs {
     pub files_only: bool,
     pub scratch: Option<PathBuf>,
     pub keep_scratch: bool,
+    /// The corpus, when the run's (or release's) own is not at hand; checked against its pin.
+    pub corpus: Option<PathBuf>,
+    /// Fetch a `url` corpus that is nowhere here, into the scratch directory only.
+    pub allow_download: bool,
 }
 
 pub struct Row {
@@ -63,6 +67,9 @@ pub struct Report {
     /// Lines printed above the table: the numerics contract and kernel paths the run recorded
     /// and the ones this binary uses.
     pub notes: Vec<String>,
+    /// Checkpoints on disk that the manifest does not record and this verify did not
+    /// re-execute (`--files-only`): they match nothing, so they are unverified.
+    pub unverified: Vec<String>,
 }
 
 /// What the manifest says the run computed under, against this binary.
@@ -148,6 +155,8 @@ pub struct Layout {
     pub checkpoints: PathBuf,
     /// File names a checkpoint may hold beyond the recorded ones.
     pub extra_ok: &'static [&'static str],
+    /// The release directory, for a release: its config is someone else's, not trusted.
+    pub release: Option<PathBuf>,
 }
 
 /// The files `tinylm release` adds to each checkpoint.
@@ -156,13 +165,18 @@ const RELEASE_EXTRAS: &[&str] =
 
 impl Layout {
     pub fn run(dir: &Path) -> Layout {
-        Layout { run: dir.to_path_buf(), checkpoints: dir.to_path_buf(), extra_ok: &[] }
+        Layout { run: dir.to_path_buf(), checkpoints: dir.to_path_buf(), extra_ok: &[], release: None }
     }
 
     /// A run directory, or a release directory (it has `release.json` and `run/manifest.json`).
     pub fn detect(dir: &Path) -> Layout {
         if dir.join("release.json").is_file() && dir.join("run").join(crate::manifest::FILE).is_file() {
-            Layout { run: dir.join("run"), checkpoints: dir.join("checkpoints"), extra_ok: RELEASE_EXTRAS }
+            Layout {
+                run: dir.join("run"),
+                checkpoints: dir.join("checkpoints"),
+                extra_ok: RELEASE_EXTRAS,
+                release: Some(dir.to_path_buf()),
+            }
         } else {
             Layout::run(dir)
         }
@@ -201,23 +215,63 @@ pub fn check_files_in(l: &Layout, m: &Manifest) -> Vec<Row> {
         }
     }
     // Checkpoints on disk the manifest does not know. One newer than every record that checks
-    // against its own state.json is the crash window between writing a checkpoint and recording
-    // it (the next `train --resume` records it): shown, and tolerated. A record marked absent
-    // whose directory is still there is a retention a kill interrupted: harmless.
-    let newest = m.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
-    for (step, _) in checkpoint::list(ckpts).unwrap_or_default() {
-        if m.checkpoints.iter().any(|c| c.step == step) {
-            continue;
-        }
-        let mut row =
-            Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present");
-        if step > newest && run::verified_hashes(&ckpts.join(checkpoint::dir_name(step))).is_ok() {
-            row.recomputed = "complete, not yet recorded (train --resume records it)".into();
-            row.tolerated = true;
-        }
+    // against its own state.json may be the crash window between writing a checkpoint and
+    // recording it, or a forgery: nothing vouches for it, so it is shown as unverified (a full
+    // verify re-executes to it and compares). A record marked absent whose directory is still
+    // there is a retention a kill interrupted: harmless.
+    for step in unrecorded_newest(ckpts, m) {
+        let mut row = Row::new(
+            format!("{} (on disk)", checkpoint::dir_name(step)),
+            "not recorded",
+            "unverified: not recorded (a full verify re-executes it)",
+        );
+        row.tolerated = true;
         rows.push(row);
     }
+    rows.extend(broken_newer(ckpts, m));
+    let newest = newest_record(m);
+    for (step, _) in checkpoint::list(ckpts).unwrap_or_default() {
+        if step > newest || m.checkpoints.iter().any(|c| c.step == step) {
+            continue;
+        }
+        rows.push(Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present"));
+    }
     rows
+}
+
+fn newest_record(m: &Manifest) -> u64 {
+    m.checkpoints.iter().map(|c| c.step).max().unwrap_or(0)
+}
+
+/// Checkpoints newer than every record whose files check against their own state.json (the
+/// shape a crash between writing and recording leaves). Newer ones that do not check are
+/// mismatches like any unrecorded checkpoint.
+fn unrecorded_newest(ckpts: &Path, m: &Manifest) -> Vec<u64> {
+    let newest = newest_record(m);
+    checkpoint::list(ckpts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
+        .filter(|&s| s > newest && run::verified_hashes(&ckpts.join(checkpoint::dir_name(s))).is_ok())
+        .collect()
+}
+
+/// Rows of unrecorded checkpoints newer than every record that do not check against their
+/// own state.json.
+fn broken_newer(ckpts: &Path, m: &Manifest) -> Vec<Row> {
+    let newest = newest_record(m);
+    checkpoint::list(ckpts)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&(s, ref d)| s > newest && run::verified_hashes(d).is_err())
+        .map(|(s, _)| {
+            Row::new(
+                format!("{} (on disk)", checkpoint::dir_name(s)),
+                "not recorded",
+                "present, and its files do not match its own state.json",
+            )
+        })
+        .collect()
 }
 
 /// The first tensor (in sorted name order) that differs between a model file and tensors.
@@ -264,16 +318,19 @@ impl Scratch {
                 (d.to_path_buf(), false)
             }
             Some(d) => (d.to_path_buf(), true),
+            // A fresh directory with a random name, created exclusively (tempfile), so no other
+            // user can have prepared it; removed by our Drop below.
             None => {
-                let base = std::env::temp_dir();
-                let mut i = 0u32;
-                loop {
-                    let d = base.join(format!("tinylm-verify-{}-{i}", std::process::id()));
-                    if !d.exists() {
-                        break (d, true);
-                    }
-                    i += 1;
-                }
+                let t = tempfile::Builder::new().prefix("tinylm-verify-").tempdir().map_err(|e| {
+                    Error::hint(
+                        format!(
+                            "cannot create a scratch directory in {}: {e}",
+                            std::env::temp_dir().display()
+                        ),
+                        "pass --scratch DIR, or set TMPDIR to a writable directory",
+                    )
+                })?;
+                (t.keep(), true)
             }
         };
         fs::create_dir_all(&dir).at(&dir)?;
@@ -313,8 +370,10 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         )
     })?;
     let mut rows = check_files_in(&layout, &m);
+    let unrecorded = unrecorded_newest(&layout.checkpoints, &m);
     if a.files_only {
-        return Ok(Report { rows, divergence: None, notes: numerics_notes(&m) });
+        let unverified = unrecorded.iter().map(|&s| checkpoint::dir_name(s)).collect();
+        return Ok(Report { rows, divergence: None, notes: numerics_notes(&m), unverified });
     }
     if !rows[0].ok() {
         return Err(Error::hint(
@@ -327,7 +386,8 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             "restore the run's config.toml (each checkpoint holds a copy), then verify again",
         ));
     }
-    let cfg = Config::load(&run_dir.join(checkpoint::CONFIG_FILE), &[])?;
+    let cfg_path = run_dir.join(checkpoint::CONFIG_FILE);
+    let mut cfg = Config::load(&cfg_path, &[])?;
     let start = a.from.unwrap_or(0);
     let loaded = match a.from {
         None => None,
@@ -355,11 +415,39 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             Some(checkpoint::load(&layout.checkpoints.join(&rec.dir))?)
         }
     };
-    let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).collect();
+    // The recorded checkpoints, then any newer unrecorded one that checks against its own
+    // state.json: re-executed too, and compared with its files, so it is verified or refuted
+    // rather than tolerated.
+    let mut extra = Vec::new();
+    for s in unrecorded.iter().filter(|&&s| s > start) {
+        let dir = checkpoint::dir_name(*s);
+        let (state, mut files) = run::verified_hashes(&layout.checkpoints.join(&dir))?;
+        files.retain(|n, _| [MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE].contains(&n.as_str()));
+        extra.push(crate::manifest::CheckpointRecord {
+            step: *s,
+            dir,
+            files,
+            train_loss: state.train_loss,
+            val_loss: state.val_loss,
+            present: true,
+        });
+    }
+    let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).chain(extra.iter()).collect();
     let last = targets.iter().map(|c| c.step).max().unwrap_or(start);
+    cfg.check_memory(&cfg_path)?;
 
-    // Data and tokenizer, rebuilt from the recorded config in scratch.
+    // Data and tokenizer, rebuilt from the recorded config in scratch: the corpus comes from the
+    // release or --corpus (never a path the config names, for a release), and nothing is
+    // written or downloaded outside scratch (data::confine).
     let scratch = Scratch::new(a.scratch.as_deref(), a.keep_scratch)?;
+    let say = |s: &str| eprintln!("{s}");
+    let replay = data::Replay {
+        release: layout.release.as_deref(),
+        corpus: a.corpus.as_deref(),
+        allow_download: a.allow_download,
+        scratch: &scratch.dir,
+    };
+    data::confine(&mut cfg, &cfg_path, &replay, &say)?;
     let quiet = |_: &str| {};
     let prepared = data::prepare(&cfg, &scratch.dir.join("data"), &quiet)?;
     let (d0, d1) = (&m.data, &prepared.meta);
@@ -374,6 +462,20 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     let tok = Tok::from_file(&prepared.tokenizer_path())?;
     let tokenizer_sha = sha256_file(&prepared.tokenizer_path())?;
     let train_tokens = prepared.load_tokens("train")?;
+    let val_tokens = prepared.load_tokens("val")?;
+    // What the run published of its evaluations (the model card is built from these): each is
+    // recomputed below at its recorded checkpoint.
+    type Published = (Option<f64>, Option<f64>, Option<f64>);
+    let metrics: BTreeMap<u64, Published> = fs::read_to_string(run_dir.join(crate::train::METRICS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("val_loss").is_some())
+        .filter_map(|v| {
+            let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+            Some((v.get("step")?.as_u64()?, (f("val_loss"), f("val_ppl"), f("val_bpb"))))
+        })
+        .collect();
     check_split_sizes(&cfg, train_tokens.len(), prepared.meta.val.tokens as usize)?;
 
     // Re-execution: only to the last recorded step, no evals, nothing written; each recorded
@@ -417,8 +519,36 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     }
                 });
             }
-            rows.push(Row::new(format!("rerun {}/{name}", c.dir), want.clone(), got));
+            let unrecorded = if extra.iter().any(|e| e.step == c.step) { " (not recorded)" } else { "" };
+            rows.push(Row::new(format!("rerun {}/{name}{unrecorded}", c.dir), want.clone(), got));
+        }
+        // The evaluation the manifest records for this checkpoint, and the metrics.jsonl line
+        // at its step, against a re-run of the evaluation (deterministic, and cheap), under
+        // the eval settings of the session that wrote the checkpoint.
+        if let Some(want) = c.val_loss {
+            let own = layout.checkpoints.join(&c.dir).join(checkpoint::CONFIG_FILE);
+            let ecfg = fs::read_to_string(&own)
+                .ok()
+                .and_then(|t| Config::from_source(&t, &own, &[]).ok())
+                .filter(|e| {
+                    e.train.batch_size == cfg.train.batch_size && e.train.context == cfg.train.context
+                })
+                .unwrap_or_else(|| cfg.clone());
+            let ev = trainer.evaluate_as(&val_tokens, &tok, &ecfg)?;
+            let bits = |x: f64| format!("{x:?}");
+            rows.push(Row::new(format!("rerun {} val_loss", c.dir), bits(want), bits(ev.loss)));
+            if let Some((l, p, b)) = metrics.get(&c.step) {
+                let show = |l: &Option<f64>, p: &Option<f64>, b: &Option<f64>| {
+                    let o = |x: &Option<f64>| x.map(bits).unwrap_or_else(|| "missing".into());
+                    format!("loss {} ppl {} bpb {}", o(l), o(p), o(b))
+                };
+                rows.push(Row::new(
+                    format!("metrics.jsonl step {} eval", c.step),
+                    show(l, p, b),
+                    show(&Some(ev.loss), &Some(ev.ppl), &Some(ev.bpb)),
+                ));
+            }
         }
     }
-    Ok(Report { rows, divergence, notes: numerics_notes(&m) })
+    Ok(Report { rows, divergence, notes: numerics_notes(&m), unverified: Vec::new() })
 }

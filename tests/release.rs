@@ -79,7 +79,11 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
         assert!(card.contains(s), "model card lacks {s:?}");
     }
     let mof = String::from_utf8(bytes(&rel.join("mof.yml"))).unwrap();
-    assert!(mof.contains("name: Model Openness Framework") && mof.contains(&format!("date: {DATE}")));
+    // Every scalar quoted: the Model Openness Tool's YAML parser turns a bare date into an
+    // integer (R4).
+    assert!(mof.contains("name: \"Model Openness Framework\"") && mof.contains(&format!("date: \"{DATE}\"")));
+    let problems = tinylm::release::mof::schema_problems(&mof);
+    assert!(problems.is_empty(), "mof.yml fails the MOT schema: {problems:?}\n{mof}");
     assert_eq!(mof.matches("\n  - name: ").count(), 17, "{mof}");
     let rj = json(&rel.join("release.json"));
     assert_eq!(rj["components"].as_object().unwrap().len(), 17);
@@ -117,8 +121,7 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     // The samples are what `tinylm sample` prints for the released checkpoint.
     let s = String::from_utf8(bytes(&rel.join("run/samples/step-00000020.txt"))).unwrap();
     let (cmd, text) = s.split_once('\n').unwrap();
-    let args: Vec<String> = shell_words(cmd.trim_start_matches("$ tinylm "));
-    let o = d.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>()).current_dir(&rel).output().unwrap();
+    let o = in_shell(&d, cmd.trim_start_matches("$ "), &rel);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), text);
 
@@ -144,26 +147,17 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     assert!(stdout(&o).contains("MISMATCH: step-00000010/model.safetensors"), "{}", stdout(&o));
 }
 
-/// Split `tinylm sample` arguments, honouring the double quotes around the prompt.
-fn shell_words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for ch in s.chars() {
-        match ch {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
+/// Run a command line as printed in a release, in a real `sh`, with `tinylm` on the PATH: what
+/// a reader who pastes it gets (quoting, `$` and backticks included).
+fn in_shell(d: &Dir, line: &str, cwd: &Path) -> std::process::Output {
+    let dir = d.path("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("tinylm");
+    if !link.exists() {
+        std::os::unix::fs::symlink(bin(), &link).unwrap();
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    std::process::Command::new("sh").args(["-c", line]).env("PATH", path).current_dir(cwd).output().unwrap()
 }
 
 #[test]
@@ -197,8 +191,8 @@ fn audit_names_a_flipped_byte_and_an_unlisted_file() {
     // A non-open licence in the record (hashes updated to match) is invalid, and costs the class.
     let mof = String::from_utf8(bytes(&rel.join("mof.yml"))).unwrap();
     let nc = mof.replace(
-        "license: CC0-1.0\n    license_path: LICENSES/CC0-1.0.txt\n    component_path: data\n",
-        "license: CC-BY-NC-4.0\n    license_path: LICENSES/CC0-1.0.txt\n    component_path: data\n",
+        "license: \"CC0-1.0\"\n    license_path: \"LICENSES/CC0-1.0.txt\"\n    component_path: \"data\"\n",
+        "license: \"CC-BY-NC-4.0\"\n    license_path: \"LICENSES/CC0-1.0.txt\"\n    component_path: \"data\"\n",
     );
     assert_ne!(nc, mof, "the Datasets entry was not found in mof.yml:\n{mof}");
     std::fs::write(rel.join("mof.yml"), nc).unwrap();

@@ -229,25 +229,46 @@ fn b6_tamper_check_for_any_path_and_a_damaged_manifest() {
 }
 
 /// B7: a checkpoint written but not recorded (a crash between the two) is recorded on resume,
-/// and verify lists it as unrecorded until then.
+/// and verify lists it as unverified until then. Only the newest can be in that state: an
+/// unrecorded checkpoint among recorded ones is not a crash's, and is not resumed from.
 #[test]
 fn b7_an_unrecorded_checkpoint_gets_recorded() {
     let d = Dir::new("b7");
     d.train("runs/a", &["--set", "train.steps=10", "--set", "checkpoint.every=2"]);
     let mp = d.path("runs/a/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&bytes(&mp)).unwrap();
-    m["checkpoints"].as_array_mut().unwrap().retain(|c| c["step"] != 6);
-    std::fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let drop_step = |step: u64| {
+        let mut m: serde_json::Value = serde_json::from_slice(&bytes(&mp)).unwrap();
+        m["checkpoints"].as_array_mut().unwrap().retain(|c| c["step"] != step);
+        std::fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    };
+    let kept = bytes(&mp);
+    drop_step(6);
     let o = d.run(&["verify", "runs/a", "--files-only"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("step-00000006 (on disk)"), "{}", stdout(&o));
-    // Resume from it (the later ones are abandoned): it is recorded, and verify --from works.
+    let o = d.run(&["train", "--resume", "runs/a/step-00000006", "--set", "train.steps=10"]);
+    assert_clean_error(&o, "is not recorded in the run's manifest");
+    // The newest unrecorded: the crash window. Resume from it: it is recorded, verify works.
+    std::fs::write(&mp, &kept).unwrap();
+    drop_step(10);
+    let o = d.run(&["verify", "runs/a", "--files-only"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("unverified: step-00000010"), "{}", stdout(&o));
     d.train(
         "runs/a",
-        &["--resume", "runs/a/step-00000006", "--set", "train.steps=10", "--set", "checkpoint.every=2"],
+        &[
+            "--resume",
+            "runs/a",
+            "--set",
+            "train.steps=14",
+            "--set",
+            "optim.schedule_steps=10",
+            "--set",
+            "checkpoint.every=2",
+        ],
     );
     let steps: Vec<u64> = recorded_steps(&manifest(&d, "runs/a")).into_iter().map(|(s, _)| s).collect();
-    assert_eq!(steps, vec![2, 4, 6, 8, 10]);
+    assert_eq!(steps, vec![2, 4, 6, 8, 10, 12, 14]);
     files_only_ok(&d, "runs/a");
     let o = d.run(&["verify", "runs/a", "--from", "6"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));

@@ -19,7 +19,6 @@ use crate::util::sha256_file;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub struct AuditArgs {
@@ -28,6 +27,8 @@ pub struct AuditArgs {
     pub require: Option<u8>,
     /// Skip re-preparing the data of a tinylm release (it trains a tokenizer: seconds to minutes).
     pub skip_data_replay: bool,
+    /// Accept a folder without SHA256SUMS (its files are then not checked against a list).
+    pub no_sums: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,14 +98,74 @@ fn roman(c: u8) -> &'static str {
     ["-", "I", "II", "III"].get(c as usize).copied().unwrap_or("-")
 }
 
-/// Parse SHA256SUMS and compare; returns the problems and the set of listed files.
+/// A path as `sha256sum` and `mof.yml` write it, normalised: `./` and `.` components dropped,
+/// `/` separators. None when it is absolute, empty or climbs out with `..`.
+fn normal(rel: &str) -> Option<String> {
+    let p = Path::new(rel);
+    if rel.is_empty() || p.is_absolute() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(x) => parts.push(x.to_string_lossy().into_owned()),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// The folder's own view of a path named inside it (in SHA256SUMS, mof.yml or a licence
+/// path): it must be relative, must not climb out, and must resolve, symlinks followed, to a
+/// place inside the folder. Err: why not.
+fn resolve_inside(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+    let n = normal(rel).ok_or_else(|| format!("{rel:?} is not a path inside the folder"))?;
+    let p = root.join(&n);
+    let canon = p.canonicalize().map_err(|_| format!("{n} does not exist"))?;
+    let base = root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))?;
+    if !canon.starts_with(&base) {
+        return Err(format!("{n} leads outside the folder (to {})", canon.display()));
+    }
+    Ok(canon)
+}
+
+/// True when `p` holds something: a non-empty file, or a directory with a non-empty file
+/// somewhere below it that stays inside `base`.
+fn has_content(p: &Path, base: &Path) -> bool {
+    if p.is_file() {
+        return p.metadata().is_ok_and(|m| m.len() > 0);
+    }
+    walkdir::WalkDir::new(p).follow_links(false).into_iter().flatten().any(|e| {
+        let f = e.path();
+        let real = f.canonicalize().ok();
+        real.is_some_and(|r| r.starts_with(base) && r.is_file() && r.metadata().is_ok_and(|m| m.len() > 0))
+    })
+}
+
+/// Parse SHA256SUMS and compare; returns the problems and the number of listed files (None
+/// when there is no SHA256SUMS). Symlinks that lead outside the folder are problems wherever
+/// they are, listed or not.
 fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
+    let mut problems = Vec::new();
+    let base = dir.canonicalize().at(dir)?;
+    for e in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
+        if e.path_is_symlink() {
+            let rel = e.path().strip_prefix(dir).unwrap_or(e.path()).display().to_string();
+            match e.path().canonicalize() {
+                Ok(t) if t.starts_with(&base) => {}
+                Ok(t) => {
+                    problems.push(format!("symlink {rel} leads outside the folder (to {})", t.display()))
+                }
+                Err(_) => problems.push(format!("symlink {rel} leads nowhere")),
+            }
+        }
+    }
     let p = dir.join(SUMS_FILE);
     if !p.is_file() {
-        return Ok((Vec::new(), None));
+        return Ok((problems, None));
     }
     let text = fs::read_to_string(&p).at(&p)?;
-    let mut problems = Vec::new();
     let mut listed = BTreeSet::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let parsed = line.split_once("  ").or_else(|| line.split_once(" *"));
@@ -114,16 +175,26 @@ fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
             problems.push(format!("{SUMS_FILE} line {}: not `<sha256>  <path>`", i + 1));
             continue;
         };
-        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+        let Some(rel) = normal(rel) else {
             problems.push(format!("{SUMS_FILE} line {}: path {rel} leaves the directory", i + 1));
             continue;
-        }
-        listed.insert(rel.to_string());
-        let f = dir.join(rel);
-        if !f.is_file() {
+        };
+        listed.insert(rel.clone());
+        if fs::symlink_metadata(dir.join(&rel)).is_err() {
             problems.push(format!("missing file: {rel} (listed in {SUMS_FILE})"));
             continue;
         }
+        let f = match resolve_inside(dir, &rel) {
+            Ok(f) if f.is_file() => f,
+            Ok(_) => {
+                problems.push(format!("not a file: {rel} (listed in {SUMS_FILE})"));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("outside the folder: {rel} ({e})"));
+                continue;
+            }
+        };
         let got = sha256_file(&f)?;
         if !got.eq_ignore_ascii_case(hash) {
             problems.push(format!("hash mismatch: {rel} ({SUMS_FILE} says {hash}, the file is {got})"));
@@ -137,56 +208,17 @@ fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
     Ok((problems, Some(listed.len())))
 }
 
-/// The tensors of a safetensors file from its header: name -> (dtype, shape). The file size is
-/// checked against the header, so a truncated file is caught without reading the data.
+/// The tensors of a safetensors file: name -> (dtype, shape), parsed and validated by the
+/// `safetensors` crate (offsets contiguous and non-overlapping, sizes that match each dtype,
+/// the file exactly as long as its header says): what loading it would accept.
 pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (String, Vec<usize>)>, String> {
-    let mut f = fs::File::open(p).map_err(|e| e.to_string())?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(|_| "shorter than a safetensors header".to_string())?;
-    let n = u64::from_le_bytes(n);
-    if n > 100_000_000 || 8 + n > size {
-        return Err(format!("header length {n} does not fit the {size}-byte file"));
-    }
-    let mut h = vec![0u8; n as usize];
-    f.read_exact(&mut h).map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&h).map_err(|e| format!("header is not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("header is not a JSON object")?;
-    let mut out = BTreeMap::new();
-    let mut end = 0u64;
-    for (name, t) in obj.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or(format!("tensor {name} has no dtype"))?;
-        let shape: Vec<usize> = t
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or(format!("tensor {name} has no shape"))?
-            .iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
-            .collect::<Option<_>>()
-            .ok_or(format!("tensor {name}: bad shape"))?;
-        let offs = t
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .ok_or(format!("tensor {name} has no data_offsets"))?;
-        let (a, b) = (offs.first().and_then(|x| x.as_u64()), offs.get(1).and_then(|x| x.as_u64()));
-        let (Some(a), Some(b)) = (a, b) else { return Err(format!("tensor {name}: bad data_offsets")) };
-        let width = match dtype {
-            "F64" | "I64" | "U64" => 8,
-            "F32" | "I32" | "U32" => 4,
-            "F16" | "BF16" | "I16" | "U16" => 2,
-            _ => 1,
-        };
-        let bytes = shape.iter().try_fold(width as u64, |acc, &d| acc.checked_mul(d as u64));
-        if b < a || bytes != Some(b - a) {
-            return Err(format!("tensor {name}: {} bytes for {dtype} {shape:?}", b.saturating_sub(a)));
-        }
-        end = end.max(b);
-        out.insert(name.clone(), (dtype.to_string(), shape));
-    }
-    if (8 + n).checked_add(end) != Some(size) {
-        return Err(format!("the file is {size} bytes, the header describes {}", 8 + n + end));
-    }
-    Ok(out)
+    let f = fs::File::open(p).map_err(|e| e.to_string())?;
+    // SAFETY: the map is read only, here, and dropped before returning; a file changed while
+    // it is read gives wrong bytes to the parser (an error), not unsoundness in our code.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|e| format!("not valid safetensors: {e}"))?;
+    Ok(meta.tensors().into_iter().map(|(name, t)| (name, (t.dtype.to_string(), t.shape.clone()))).collect())
 }
 
 /// Check one model directory: config.json, weights against it, tokenizer. Err: what is wrong.
@@ -270,7 +302,13 @@ fn checkpoint_dirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Components of a folder without mof.yml, from conventional names, under the card's licence.
 fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
-    let first = |cands: &[&str]| cands.iter().find(|c| dir.join(c).exists()).map(|c| c.to_string());
+    let base = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let first = |cands: &[&str]| {
+        cands
+            .iter()
+            .find(|c| resolve_inside(dir, c).is_ok_and(|p| has_content(&p, &base)))
+            .map(|c| c.to_string())
+    };
     let mut out = Vec::new();
     let mut add = |name: &str, path: Option<String>| {
         if let Some(p) = path {
@@ -283,9 +321,14 @@ fn infer(dir: &Path, card_lic: &str) -> Vec<(String, String, String)> {
         fs::read_dir(dir)
             .ok()
             .and_then(|r| {
-                r.flatten()
+                let mut w: Vec<PathBuf> = r
+                    .flatten()
                     .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "bin"))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "bin"))
+                    .filter(|p| p.canonicalize().is_ok_and(|c| c.starts_with(&base)) && has_content(p, &base))
+                    .collect();
+                w.sort();
+                w.into_iter().next()
             })
             .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
     };
@@ -327,7 +370,12 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
         |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
 
     // 1. Integrity.
-    let (integrity, listed) = check_sums(dir)?;
+    let (mut integrity, listed) = check_sums(dir)?;
+    if listed.is_none() && !a.no_sums {
+        integrity.push(format!(
+            "no {SUMS_FILE}: the files cannot be checked against a published list (pass --no-sums to audit the folder anyway)"
+        ));
+    }
     match listed {
         Some(n) => check(
             "SHA256SUMS",
@@ -338,11 +386,12 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 format!("{} problem(s)", integrity.len())
             },
         ),
-        None => check(
+        None if a.no_sums => check(
             "SHA256SUMS",
-            false,
-            "no SHA256SUMS: the files cannot be checked against a published list".into(),
+            true,
+            "none, accepted with --no-sums: the files are not checked against a published list".into(),
         ),
+        None => check("SHA256SUMS", false, "missing (see below)".into()),
     }
     let bad_files: BTreeSet<String> = integrity
         .iter()
@@ -354,9 +403,16 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
     let card_lic = readme.as_deref().and_then(card::card_license);
     let mut record_err = None;
     let record = match fs::read_to_string(dir.join(MOF_FILE)) {
-        Ok(t) => match mof::Record::parse(&t) {
-            Ok(r) => Some(r),
-            Err(e) => {
+        Ok(t) => match (mof::Record::parse(&t), mof::schema_problems(&t)) {
+            (Ok(r), p) if p.is_empty() => Some(r),
+            (Ok(_), p) => {
+                record_err = Some(format!(
+                    "{MOF_FILE} fails the Model Openness Tool schema: {}",
+                    p.into_iter().take(5).collect::<Vec<_>>().join("; ")
+                ));
+                None
+            }
+            (Err(e), _) => {
                 record_err = Some(format!("{MOF_FILE} is not a valid MOT record: {e}"));
                 None
             }
@@ -370,7 +426,7 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
             "mof.yml",
             true,
             format!(
-                "valid MOT record, {} components, framework {} {}",
+                "valid MOT record (the Tool's schema), {} components, framework {} {}",
                 r.release.components.len(),
                 r.framework.name,
                 r.framework.version
@@ -392,6 +448,7 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
             .map(|(n, l, p)| (n, l, p, None))
             .collect(),
     };
+    let base = dir.canonicalize().at(dir)?;
     let mut components: Vec<ComponentStatus> = mof::COMPONENTS
         .iter()
         .map(|mc| {
@@ -411,9 +468,15 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 };
             };
             let mut notes = Vec::new();
-            let p = dir.join(path);
-            let mut status = if path.is_empty() || !p.exists() {
-                notes.push(format!("{path} does not exist"));
+            let resolved = resolve_inside(dir, path).and_then(|p| {
+                if has_content(&p, &base) {
+                    Ok(p)
+                } else {
+                    Err(format!("{path} is empty"))
+                }
+            });
+            let mut status = if let Err(why) = &resolved {
+                notes.push(why.clone());
                 Status::Invalid
             } else {
                 let verdict = match license::judge(lic, mc.kind) {
@@ -439,7 +502,8 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 }
             };
             if let Some(lp) = lic_path {
-                if status == Status::Included && (lp.is_empty() || !dir.join(lp).is_file()) {
+                let text_ok = resolve_inside(dir, lp).is_ok_and(|p| p.is_file() && has_content(&p, &base));
+                if status == Status::Included && !text_ok {
                     notes.push(format!("licence text {lp:?} is not in the folder"));
                     status = Status::Unlicensed;
                 }
@@ -558,10 +622,71 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 if r.git_dirty {
                     check("build", false, format!("trained by a build of {} with uncommitted changes (--allow-dirty): source/ is not exactly the code that ran", r.git_commit));
                 }
+                if r.partial {
+                    check(
+                        "finished",
+                        false,
+                        format!(
+                            "a partial run: released at step {} of train.steps = {} (--allow-partial)",
+                            r.final_step, r.planned_steps
+                        ),
+                    );
+                }
+                // Each component mof.yml names must be the files release.json lists for it,
+                // with their hashes: a path that exists is not enough.
+                let mut bad = Vec::new();
+                for c in record.iter().flat_map(|r| r.release.components.iter()) {
+                    let why = match r.components.get(&c.name) {
+                        None => Some("release.json does not list it".to_string()),
+                        Some(f) if normal(&f.component_path) != normal(&c.component_path) => Some(format!(
+                            "mof.yml says {}, release.json {}",
+                            c.component_path, f.component_path
+                        )),
+                        Some(f) if f.files.is_empty() => Some("release.json lists no files for it".into()),
+                        Some(f) => f.files.iter().find_map(|(rel, want)| {
+                            let got = resolve_inside(dir, rel).ok().and_then(|p| sha256_file(&p).ok());
+                            (got.as_deref() != Some(want.as_str()))
+                                .then(|| format!("{rel} is not the file release.json records"))
+                        }),
+                    };
+                    if let Some(w) = why {
+                        bad.push((c.name.clone(), w));
+                    }
+                }
+                check(
+                    "components",
+                    bad.is_empty(),
+                    if bad.is_empty() {
+                        "every mof.yml component is the files release.json lists, hashes included".into()
+                    } else {
+                        bad.iter().map(|(n, w)| format!("{n}: {w}")).collect::<Vec<_>>().join("; ")
+                    },
+                );
+                for (n, w) in bad {
+                    invalidate(&n, w);
+                }
             }
             None => check("release.json", false, "release.json is not a tinylm release record".into()),
         }
-        if dir.join("data/corpus.txt").is_file() && !a.skip_data_replay {
+        match eval_claims(dir) {
+            Ok(msg) => check("evaluation", true, msg),
+            Err(e) => {
+                check("evaluation", false, e.clone());
+                invalidate("Evaluation results", e.clone());
+                invalidate("Model card", e);
+            }
+        }
+        if a.skip_data_replay {
+            check(
+                "data replay",
+                false,
+                "skipped (--skip-data-replay): the token hashes were not re-derived from the corpus".into(),
+            );
+        } else if fs::symlink_metadata(dir.join("data/corpus.txt")).is_err() {
+            let e = "skipped: data/corpus.txt is not in the release, so the tokenizer and token hashes cannot be re-derived".to_string();
+            check("data replay", false, e.clone());
+            invalidate("Datasets", e);
+        } else {
             match replay_data(dir) {
                 Ok(msg) => check("data replay", true, msg),
                 Err(e) => {
@@ -630,22 +755,24 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
 }
 
 /// Re-prepare a release's data from `data/corpus.txt` in a temp directory and compare the
-/// tokenizer and token hashes with the run's manifest.
+/// tokenizer and token hashes with the run's manifest. The release's config is not trusted:
+/// `data::confine` takes the corpus from the release and writes only in the temp directory.
 fn replay_data(dir: &Path) -> std::result::Result<String, String> {
     let m = crate::manifest::Manifest::load(&dir.join("run")).map_err(|e| e.to_string())?;
-    let corpus = dir.join("data/corpus.txt");
-    let corpus = corpus.canonicalize().unwrap_or(corpus);
-    let tmp = std::env::temp_dir().join(format!("tinylm-audit-{}", std::process::id()));
-    let sets = vec![
-        "data.source=\"file\"".to_string(),
-        format!("data.path={:?}", corpus.display().to_string()),
-        format!("data.sha256=\"{}\"", m.data.corpus_sha256),
-        format!("data.dir={:?}", tmp.display().to_string()),
-    ];
-    let cfg = crate::config::Config::load(&dir.join("run/config.toml"), &sets).map_err(|e| e.to_string())?;
-    let result = crate::data::prepare(&cfg, &tmp, &|_| {}).map_err(|e| e.to_string());
-    let _ = fs::remove_dir_all(&tmp);
-    let p = result?;
+    let tmp = tempfile::Builder::new().prefix("tinylm-audit-").tempdir().map_err(|e| e.to_string())?;
+    let cfg_path = dir.join("run/config.toml");
+    let mut cfg = crate::config::Config::load(&cfg_path, &[]).map_err(|e| e.to_string())?;
+    let replay =
+        crate::data::Replay { release: Some(dir), corpus: None, allow_download: false, scratch: tmp.path() };
+    crate::data::confine(&mut cfg, &cfg_path, &replay, &|_| {}).map_err(|e| e.to_string())?;
+    if cfg.data.source == "builtin" {
+        // The corpus the release ships is the one replayed, not the generator's output.
+        let corpus = dir.join("data/corpus.txt").canonicalize().map_err(|e| e.to_string())?;
+        cfg.data.source = "file".into();
+        cfg.data.path = Some(corpus.display().to_string());
+        cfg.data.sha256 = Some(m.data.corpus_sha256.clone());
+    }
+    let p = crate::data::prepare(&cfg, &tmp.path().join("data"), &|_| {}).map_err(|e| e.to_string())?;
     let mut bad = Vec::new();
     for (what, got, want) in [
         ("tokenizer.json", &p.meta.tokenizer_sha256, &m.data.tokenizer_sha256),
@@ -668,6 +795,69 @@ fn replay_data(dir: &Path) -> std::result::Result<String, String> {
         ))
     } else {
         Err(format!("re-prepared data differs: {}", bad.join(", ")))
+    }
+}
+
+/// The model card's evaluation results against the run record: the model-index loss and
+/// perplexity must be what the manifest records for the newest evaluated checkpoint, and
+/// `run/metrics.jsonl` must agree with it at that step.
+fn eval_claims(dir: &Path) -> std::result::Result<String, String> {
+    let m = crate::manifest::Manifest::load(&dir.join("run")).map_err(|e| e.to_string())?;
+    let Some(rec) = m.checkpoints.iter().filter(|c| c.val_loss.is_some()).max_by_key(|c| c.step) else {
+        return Ok("the run records no evaluation".into());
+    };
+    let loss = rec.val_loss.unwrap_or_default();
+    let readme = fs::read_to_string(dir.join("README.md")).map_err(|e| format!("README.md: {e}"))?;
+    let fm = card::front_matter(&readme).ok_or("README.md has no front matter")?;
+    let v: serde_norway::Value =
+        serde_norway::from_str(fm).map_err(|e| format!("README.md front matter: {e}"))?;
+    let metrics = v
+        .get("model-index")
+        .and_then(|x| x.get(0))
+        .and_then(|x| x.get("results"))
+        .and_then(|x| x.get(0))
+        .and_then(|x| x.get("metrics"))
+        .and_then(|x| x.as_sequence())
+        .ok_or("README.md has no model-index metrics")?;
+    let value = |kind: &str| {
+        metrics
+            .iter()
+            .find(|x| x.get("type").and_then(|t| t.as_str()) == Some(kind))
+            .and_then(|x| x.get("value")?.as_f64())
+    };
+    let mut bad = Vec::new();
+    match value("loss") {
+        Some(l) if l.to_bits() == loss.to_bits() => {}
+        got => bad.push(format!(
+            "the card's loss {got:?} is not the manifest's val_loss {loss} at step {}",
+            rec.step
+        )),
+    }
+    match value("perplexity") {
+        Some(p) if p.to_bits() == libm::exp(loss).to_bits() => {}
+        got => bad.push(format!("the card's perplexity {got:?} is not exp({loss})")),
+    }
+    let mp = dir.join("run").join(crate::train::METRICS_FILE);
+    let text = fs::read_to_string(&mp).map_err(|e| format!("run/metrics.jsonl: {e}"))?;
+    let points = super::plot::parse_metrics(&text, "run/metrics.jsonl").map_err(|e| e.to_string())?;
+    match points.iter().rev().find(|p| p.step as u64 == rec.step && p.val_loss.is_some()) {
+        Some(p) if p.val_loss.map(f64::to_bits) == Some(loss.to_bits()) => {
+            if let (Some(b), Some(card_b)) = (p.val_bpb, value("bits_per_byte")) {
+                if b.to_bits() != card_b.to_bits() {
+                    bad.push(format!("the card's bits per byte {card_b} is not run/metrics.jsonl's {b}"));
+                }
+            }
+        }
+        Some(p) => bad.push(format!(
+            "run/metrics.jsonl has val_loss {:?} at step {}, the manifest {loss}",
+            p.val_loss, rec.step
+        )),
+        None => bad.push(format!("run/metrics.jsonl has no evaluation at step {}", rec.step)),
+    }
+    if bad.is_empty() {
+        Ok(format!("the card's results are the manifest's (val_loss {loss:.4} at step {})", rec.step))
+    } else {
+        Err(bad.join("; "))
     }
 }
 
@@ -775,7 +965,26 @@ mod tests {
         let h = safetensors_header(&p).unwrap();
         assert_eq!(h["w"], ("F32".to_string(), vec![2, 3]));
         fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(safetensors_header(&p).unwrap_err().contains("describes"));
+        assert!(safetensors_header(&p).is_err());
+        // R6: two tensors over the same bytes (the file length unchanged) is not safetensors.
+        let two: BTreeMap<String, candle_core::Tensor> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                (n.to_string(), candle_core::Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu).unwrap())
+            })
+            .collect();
+        let bytes = crate::checkpoint::to_safetensors(&two).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+        let forged = header.replacen("[8,16]", "[0,8]", 1);
+        assert_eq!(forged.len(), header.len() - 1, "{header}");
+        let mut f = Vec::new();
+        f.extend_from_slice(&(n as u64).to_le_bytes());
+        f.extend_from_slice(format!("{forged} ").as_bytes());
+        f.extend_from_slice(&bytes[8 + n..]);
+        fs::write(&p, &f).unwrap();
+        let e = safetensors_header(&p).unwrap_err();
+        assert!(e.contains("not valid safetensors"), "{e}");
         fs::write(&p, b"\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
         assert!(safetensors_header(&p).is_err());
         fs::remove_dir_all(&dir).unwrap();

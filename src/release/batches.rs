@@ -16,6 +16,10 @@ pub struct BatchesArgs {
     pub step: u64,
     /// Where to rebuild the token files (default: a temp directory, removed afterwards).
     pub data_dir: Option<PathBuf>,
+    /// The corpus, when the run's own is not at hand; checked against its pin.
+    pub corpus: Option<PathBuf>,
+    /// Fetch a `url` corpus that is nowhere here, into the data directory only.
+    pub allow_download: bool,
 }
 
 pub struct Window {
@@ -26,11 +30,10 @@ pub struct Window {
     pub tokens: Vec<u16>,
 }
 
-/// (run dir, corpus override) of a release or a run directory.
+/// (run dir, release dir) of a release or a run directory.
 fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     if path.join("run").join(crate::checkpoint::CONFIG_FILE).is_file() {
-        let corpus = path.join("data/corpus.txt");
-        Ok((path.join("run"), corpus.is_file().then_some(corpus)))
+        Ok((path.join("run"), Some(path.to_path_buf())))
     } else if path.join(crate::checkpoint::CONFIG_FILE).is_file() {
         Ok((path.to_path_buf(), None))
     } else {
@@ -42,54 +45,61 @@ fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
 }
 
 pub fn batches(a: &BatchesArgs) -> Result<(Config, Vec<Window>)> {
-    let (run, corpus) = locate(&a.path)?;
+    let (run, release) = locate(&a.path)?;
     let m = Manifest::load(&run)?;
-    let tmp = std::env::temp_dir().join(format!("tinylm-batches-{}", std::process::id()));
-    let data_dir = a.data_dir.clone().unwrap_or_else(|| tmp.clone());
-    let mut sets = vec![format!("data.dir={:?}", data_dir.display().to_string())];
-    if let Some(c) = &corpus {
-        let c = c.canonicalize().unwrap_or(c.clone());
-        sets.push("data.source=\"file\"".into());
-        sets.push(format!("data.path={:?}", c.display().to_string()));
-        sets.push(format!("data.sha256=\"{}\"", m.data.corpus_sha256));
-    }
-    let cfg = Config::load(&run.join(crate::checkpoint::CONFIG_FILE), &sets)?;
+    let cfg_path = run.join(crate::checkpoint::CONFIG_FILE);
+    let mut cfg = Config::load(&cfg_path, &[])?;
     if a.step == 0 || a.step > cfg.train.steps {
         return Err(Error::hint(
             format!("--step {} is outside the run (steps 1 to {})", a.step, cfg.train.steps),
             "steps are 1-based, as the `step` field of run/metrics.jsonl",
         ));
     }
-    let prepared = crate::data::prepare(&cfg, &data_dir, &|_| {});
-    let result = (|| {
-        let p = prepared?;
-        if p.meta.train.sha256 != m.data.train_tokens_sha256 {
-            return Err(Error::hint(
-                format!(
-                    "the rebuilt train tokens hash to {}, the run recorded {}",
-                    p.meta.train.sha256, m.data.train_tokens_sha256
-                ),
-                "the corpus or the code differs from the run's; use the release's data/ and source/",
-            ));
-        }
-        let tokens = p.load_tokens("train")?;
-        let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
-        if tokens.len() < t + 2 {
-            return Err(Error::msg(format!("{} train tokens cannot hold a window of {t} + 1", tokens.len())));
-        }
-        let mut out = Vec::new();
-        for micro in 0..cfg.train.grad_accum {
-            let offsets = crate::data::batch_offsets(cfg.run.seed, a.step - 1, micro, tokens.len(), b, t);
-            for (row, &o) in offsets.iter().enumerate() {
-                out.push(Window { micro, row, offset: o, tokens: tokens[o..o + t + 1].to_vec() });
-            }
-        }
-        Ok(out)
-    })();
-    if a.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    // The release's config is someone else's: the corpus comes from its data/ (or --corpus),
+    // and everything is written under the data directory alone (data::confine).
+    let tmp = match &a.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("tinylm-batches-").tempdir().map_err(|e| {
+            Error::hint(
+                format!("cannot create a temp directory in {}: {e}", std::env::temp_dir().display()),
+                "pass --data-dir DIR, or set TMPDIR to a writable directory",
+            )
+        })?),
+    };
+    let scratch: PathBuf = match &a.data_dir {
+        Some(d) => d.clone(),
+        None => tmp.as_ref().map(|t| t.path().to_path_buf()).unwrap_or_default(),
+    };
+    let replay = crate::data::Replay {
+        release: release.as_deref(),
+        corpus: a.corpus.as_deref(),
+        allow_download: a.allow_download,
+        scratch: &scratch,
+    };
+    crate::data::confine(&mut cfg, &cfg_path, &replay, &|s| eprintln!("{s}"))?;
+    let p = crate::data::prepare(&cfg, &scratch.join("data"), &|_| {})?;
+    if p.meta.train.sha256 != m.data.train_tokens_sha256 {
+        return Err(Error::hint(
+            format!(
+                "the rebuilt train tokens hash to {}, the run recorded {}",
+                p.meta.train.sha256, m.data.train_tokens_sha256
+            ),
+            "the corpus or the code differs from the run's; use the release's data/ and source/",
+        ));
     }
-    Ok((cfg, result?))
+    let tokens = p.load_tokens("train")?;
+    let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
+    if tokens.len() < t + 2 {
+        return Err(Error::msg(format!("{} train tokens cannot hold a window of {t} + 1", tokens.len())));
+    }
+    let mut out = Vec::new();
+    for micro in 0..cfg.train.grad_accum {
+        let offsets = crate::data::batch_offsets(cfg.run.seed, a.step - 1, micro, tokens.len(), b, t);
+        for (row, &o) in offsets.iter().enumerate() {
+            out.push(Window { micro, row, offset: o, tokens: tokens[o..o + t + 1].to_vec() });
+        }
+    }
+    Ok((cfg, out))
 }
 
 /// One JSON object per window.

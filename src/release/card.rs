@@ -64,6 +64,18 @@ pub fn hf_license(expr: &str) -> (String, Option<String>) {
     }
 }
 
+/// The tokenizer's real vocabulary, and the configured one when the corpus could not reach it.
+fn vocab_note(f: &Facts) -> String {
+    if f.vocab as u64 == f.cfg.tokenizer.vocab_size {
+        f.vocab.to_string()
+    } else {
+        format!(
+            "{} (tokenizer.vocab_size = {}, more than this corpus supports: BPE ran out of pairs to merge)",
+            f.vocab, f.cfg.tokenizer.vocab_size
+        )
+    }
+}
+
 pub fn dataset_id(f: &Facts) -> String {
     let d = &f.cfg.data;
     match d.source.as_str() {
@@ -75,9 +87,10 @@ pub fn dataset_id(f: &Facts) -> String {
     }
 }
 
-/// The last evaluation of the run: (step, loss, ppl, bpb).
+/// The last evaluation of the run: (step, loss, ppl, bpb), the loss as the manifest records it
+/// (release checked metrics.jsonl against it).
 pub fn final_eval(f: &Facts) -> Option<(f64, f64, f64, f64)> {
-    f.metrics.iter().rev().find_map(|p| Some((p.step, p.val_loss?, p.val_ppl?, p.val_bpb?)))
+    f.final_eval
 }
 
 fn tokens_per_step(f: &Facts) -> u64 {
@@ -86,6 +99,23 @@ fn tokens_per_step(f: &Facts) -> u64 {
 }
 
 fn dirty_banner(f: &Facts) -> String {
+    partial_banner(f) + &dirty_only_banner(f)
+}
+
+fn partial_banner(f: &Facts) -> String {
+    if f.partial {
+        format!(
+            "\n> **Partial run.** Training stopped at step {} of the {} its config sets \
+             (`train.steps`), and it was released with `--allow-partial`: these are not the final \
+             weights of the run as planned.\n",
+            f.final_step, f.cfg.train.steps
+        )
+    } else {
+        String::new()
+    }
+}
+
+fn dirty_only_banner(f: &Facts) -> String {
     if f.git_dirty {
         format!(
             "\n> **WARNING: built from a modified tree.** The run was trained by a tinylm binary with \
@@ -200,14 +230,14 @@ With Hugging Face transformers, from this directory alone:
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("model")
 model = AutoModelForCausalLM.from_pretrained("model")
-ids = tok({prompt:?}, return_tensors="pt").input_ids
+ids = tok({py_prompt}, return_tensors="pt").input_ids
 print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))
 ```
 
 With tinylm (build it from `source/`: `cargo build --release --locked`):
 
 ```sh
-tinylm sample --checkpoint checkpoints/{last_dir} --prompt {prompt:?} --seed 1
+tinylm sample --checkpoint checkpoints/{last_dir} --prompt {sh_prompt} --seed 1
 ```
 
 Samples from every checkpoint, with the command that reproduces each: `run/samples/`.
@@ -280,13 +310,21 @@ Tool record) and [release.json](release.json) (each component's files and hashes
         nval = m.data.val_tokens,
         eb = c.eval.batches * c.train.batch_size,
         eval = eval,
-        prompt = c.eval.prompt,
+        py_prompt = serde_json::to_string(&c.eval.prompt).unwrap_or_default(),
+        sh_prompt = crate::run::shell_quote(&c.eval.prompt),
         last_dir = crate::checkpoint::dir_name(last),
         rustc = m.sessions.last().map(|s| s.build.rustc_version.as_str()).unwrap_or("unknown"),
         verify_note = if f.cfg.data.source == "builtin" {
             "the built-in corpus is regenerated from its seed".to_string()
         } else {
-            format!("place the corpus at data.path = {:?} first", f.cfg.data.path.clone().unwrap_or_default())
+            if f.data_included {
+                "the corpus is taken from `data/corpus.txt`".to_string()
+            } else {
+                format!(
+                    "the corpus is not in this release: pass it with `--corpus FILE` (sha256 {})",
+                    f.manifest.data.corpus_sha256
+                )
+            }
         },
         corpus_desc = corpus_desc(f),
         comp_rows = comp_rows,
@@ -394,7 +432,7 @@ problems to {contact}.
         ts = d.train_tokens_sha256,
         vt = d.val_tokens,
         vs = d.val_tokens_sha256,
-        vocab = f.cfg.tokenizer.vocab_size,
+        vocab = vocab_note(f),
         toks = d.tokenizer_sha256,
         collection = collection,
         dist = if f.data_included {
@@ -475,7 +513,7 @@ tinylm batches . --step N
         lic = f.licenses.data,
         missing = missing,
         vf = c.val_fraction,
-        vocab = f.cfg.tokenizer.vocab_size,
+        vocab = vocab_note(f),
         toks = d.tokenizer_sha256,
         tt = d.train_tokens,
         ts = d.train_tokens_sha256,
@@ -634,7 +672,7 @@ Validation loss (nats/token), perplexity and bits per UTF-8 byte over {eb} fixed
 {ctx} tokens spread evenly over the validation split:
 
 {evals}
-Samples (prompt {prompt:?}, temperature {temp}, top-k {topk}, seed {seed}; `run/samples/`):
+Samples (prompt {prompt}, temperature {temp}, top-k {topk}, seed {seed}; `run/samples/`):
 
 {samples}
 ## Build and sessions
@@ -662,7 +700,7 @@ The full check retrains and compares every hash: `tinylm verify .` in the releas
         eb = f.cfg.eval.batches * f.cfg.train.batch_size,
         ctx = f.cfg.train.context,
         evals = evals,
-        prompt = f.cfg.eval.prompt,
+        prompt = serde_json::to_string(&f.cfg.eval.prompt).unwrap_or_default(),
         temp = f.cfg.eval.temperature,
         topk = f.cfg.eval.top_k,
         seed = f.cfg.run.seed,

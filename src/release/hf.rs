@@ -53,14 +53,19 @@ pub fn config_json(m: &HfModel) -> Value {
 /// The decoding settings the run used for its own samples.
 pub fn generation_config_json(m: &HfModel) -> Value {
     let e = &m.cfg.eval;
-    json!({
+    let mut v = json!({
         "bos_token_id": m.eot,
         "eos_token_id": m.eot,
         "do_sample": e.temperature > 0.0,
         "temperature": if e.temperature > 0.0 { e.temperature } else { 1.0 },
         "top_k": e.top_k,
-        "max_new_tokens": e.sample_tokens,
-    })
+    });
+    // transformers refuses `max_new_tokens: 0` (GenerationConfig.validate); a run that took no
+    // samples (eval.sample_tokens = 0) leaves the length to the caller.
+    if e.sample_tokens > 0 {
+        v["max_new_tokens"] = e.sample_tokens.into();
+    }
+    v
 }
 
 pub fn tokenizer_config_json(m: &HfModel) -> Value {

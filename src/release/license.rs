@@ -105,14 +105,62 @@ pub fn find(id: &str) -> Option<&'static License> {
     KNOWN.iter().find(|l| l.id.eq_ignore_ascii_case(id) || l.id.eq_ignore_ascii_case(base))
 }
 
-/// The parts of an SPDX expression joined by OR (any one may be chosen) or AND (all apply).
-/// Parentheses and WITH exceptions are out of scope: such an expression is one opaque id.
-fn parts(expr: &str) -> (Vec<&str>, bool) {
-    if expr.contains(" OR ") {
-        (expr.split(" OR ").map(str::trim).collect(), true)
-    } else {
-        (expr.split(" AND ").map(str::trim).collect(), false)
+/// How tinylm reads SPDX expressions, with the `spdx` crate (the parser cargo-deny uses):
+/// precedence (AND binds tighter than OR), parentheses, `WITH` exceptions, lower-case operators,
+/// `+`. Ids the SPDX list lacks (the Hugging Face spellings `apache-2.0`, `llama2`, `openrail`)
+/// parse as unknown terms, and `find` names them.
+const MODE: spdx::ParseMode = spdx::ParseMode {
+    allow_slash_as_or_operator: false,
+    allow_imprecise_license_names: false,
+    allow_postfix_plus_on_gpl: true,
+    allow_deprecated: true,
+    allow_unknown: true,
+};
+
+/// An expression in postfix order: each licence id as written (an exception after `WITH` is
+/// dropped: it grants more, never less), and the operators joining them.
+#[derive(Debug, Clone, PartialEq)]
+enum Node<'a> {
+    Id(&'a str),
+    And,
+    Or,
+}
+
+fn nodes(expr: &str) -> Vec<Node<'_>> {
+    let expr = expr.trim();
+    match spdx::Expression::parse_mode(expr, MODE) {
+        Ok(e) => e
+            .iter()
+            .map(|n| match n {
+                spdx::expression::ExprNode::Op(spdx::expression::Operator::And) => Node::And,
+                spdx::expression::ExprNode::Op(spdx::expression::Operator::Or) => Node::Or,
+                spdx::expression::ExprNode::Req(r) => {
+                    let text = expr.get(r.span.start as usize..r.span.end as usize).unwrap_or(expr);
+                    let id = match text.to_ascii_lowercase().find(" with ") {
+                        Some(i) => &text[..i],
+                        None => text,
+                    };
+                    Node::Id(id.trim().trim_end_matches('+'))
+                }
+            })
+            .collect(),
+        // Not an expression (spaces in a name, stray characters): one opaque id, which no
+        // licence matches.
+        Err(_) => vec![Node::Id(expr)],
     }
+}
+
+/// The licence ids of an expression, in order, each once.
+pub fn ids(expr: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in nodes(expr) {
+        if let Node::Id(id) = n {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    out
 }
 
 /// How a licence expression stands for a component of the given kind.
@@ -133,10 +181,17 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
     if expr.is_empty() || expr.eq_ignore_ascii_case(UNLICENSED) || expr.eq_ignore_ascii_case("none") {
         return Verdict::Unlicensed;
     }
-    let (ids, any) = parts(expr);
-    let each: Vec<Verdict> = ids
-        .iter()
-        .map(|id| match find(id) {
+    let one = |id: &str| {
+        match find(id) {
+            // An SPDX licence tinylm has no entry for, but which the OSI approves or the FSF
+            // calls free: an open code licence.
+            None if spdx::license_id(id).is_some_and(|l| l.is_osi_approved() || l.is_fsf_free_libre()) => {
+                if kind == Kind::Code {
+                    Verdict::Open
+                } else {
+                    Verdict::WrongKind(format!("{id} is a code licence; a {} component wants a {} licence", kind.name(), kind.name()))
+                }
+            }
             None => Verdict::NotOpen(format!(
                 "{id} is not a licence tinylm knows to be open (use an SPDX id such as Apache-2.0, MIT, CDLA-Permissive-2.0, CC0-1.0, CC-BY-4.0)"
             )),
@@ -149,8 +204,8 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
                 kind.name(),
                 kind.name()
             )),
-        })
-        .collect();
+        }
+    };
     let rank = |v: &Verdict| match v {
         Verdict::Open => 0,
         Verdict::WrongKind(_) => 1,
@@ -158,28 +213,58 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
         Verdict::Unlicensed => 3,
     };
     // OR: the best alternative decides; AND: the worst part does.
-    let pick = if any { each.iter().min_by_key(|v| rank(v)) } else { each.iter().max_by_key(|v| rank(v)) };
-    pick.cloned().unwrap_or(Verdict::Unlicensed)
+    let mut stack: Vec<Verdict> = Vec::new();
+    for n in nodes(expr) {
+        match n {
+            Node::Id(id) => stack.push(one(id)),
+            op => {
+                let (Some(b), Some(a)) = (stack.pop(), stack.pop()) else { return Verdict::Unlicensed };
+                let or = op == Node::Or;
+                let better = if rank(&a) <= rank(&b) { (a, b) } else { (b, a) };
+                stack.push(if or { better.0 } else { better.1 });
+            }
+        }
+    }
+    stack.pop().unwrap_or(Verdict::Unlicensed)
 }
 
 /// The known ids in an expression that have a shipped text, in order.
 pub fn texts(expr: &str) -> Vec<&'static License> {
-    parts(expr).0.into_iter().filter_map(find).filter(|l| l.text.is_some()).collect()
+    ids(expr).into_iter().filter_map(find).filter(|l| l.text.is_some()).collect()
 }
 
-/// The canonical id spelling of every part of an expression, or an error naming the first
-/// unknown one.
+/// The expression with every id in its canonical spelling and upper-case operators,
+/// parenthesised only where precedence needs it, or an error naming the first unknown id.
 pub fn canonical(expr: &str) -> std::result::Result<String, String> {
-    let (ids, any) = parts(expr.trim());
-    let mut out = Vec::new();
-    for id in ids {
-        match find(id) {
-            Some(l) => out.push(l.id),
-            None if id.eq_ignore_ascii_case(UNLICENSED) => out.push(UNLICENSED),
-            None => return Err(id.to_string()),
+    // (text, the operator at its top, if any)
+    let mut stack: Vec<(String, Option<bool>)> = Vec::new();
+    for n in nodes(expr) {
+        match n {
+            Node::Id(id) => match find(id) {
+                Some(l) => stack.push((l.id.to_string(), None)),
+                None if id.eq_ignore_ascii_case(UNLICENSED) => stack.push((UNLICENSED.into(), None)),
+                None => return Err(id.to_string()),
+            },
+            op => {
+                let or = op == Node::Or;
+                let (Some(b), Some(a)) = (stack.pop(), stack.pop()) else { return Err(expr.to_string()) };
+                // An OR inside an AND needs its parentheses; everything else reads the same
+                // without.
+                let side = |(t, top): (String, Option<bool>)| {
+                    if !or && top == Some(true) {
+                        format!("({t})")
+                    } else {
+                        t
+                    }
+                };
+                stack.push((format!("{} {} {}", side(a), if or { "OR" } else { "AND" }, side(b)), Some(or)));
+            }
         }
     }
-    Ok(out.join(if any { " OR " } else { " AND " }))
+    match (stack.pop(), stack.is_empty()) {
+        (Some((t, _)), true) => Ok(t),
+        _ => Err(expr.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +286,20 @@ mod tests {
         assert!(matches!(judge("MIT AND CC-BY-NC-4.0", Code), Verdict::NotOpen(_)));
         assert_eq!(canonical("mit OR apache-2.0").unwrap(), "MIT OR Apache-2.0");
         assert!(canonical("nope").is_err());
+        // C1 (review 2026-12-02): parentheses, lower-case operators, precedence, WITH.
+        assert_eq!(judge("(MIT OR Apache-2.0)", Code), Verdict::Open);
+        assert_eq!(canonical("(MIT OR Apache-2.0)").unwrap(), "MIT OR Apache-2.0");
+        assert_eq!(canonical("MIT or Apache-2.0").unwrap(), "MIT OR Apache-2.0");
+        assert_eq!(canonical("(mit OR apache-2.0) AND cc0-1.0").unwrap(), "(MIT OR Apache-2.0) AND CC0-1.0");
+        assert_eq!(canonical("MIT OR Apache-2.0 AND CC0-1.0").unwrap(), "MIT OR Apache-2.0 AND CC0-1.0");
+        // AND binds tighter: MIT alone satisfies this one.
+        assert_eq!(judge("MIT OR CC-BY-NC-4.0 AND Apache-2.0", Code), Verdict::Open);
+        assert!(matches!(judge("(MIT OR CC-BY-NC-4.0) AND CC-BY-NC-4.0", Code), Verdict::NotOpen(_)));
+        assert_eq!(judge("Apache-2.0 WITH LLVM-exception", Code), Verdict::Open);
+        // An OSI-approved licence tinylm has no entry for is an open code licence.
+        assert_eq!(judge("Zlib", Code), Verdict::Open);
+        assert!(matches!(judge("Zlib", Data), Verdict::WrongKind(_)));
+        assert_eq!(ids("(MIT OR Apache-2.0) AND MIT"), vec!["MIT", "Apache-2.0"]);
     }
 
     #[test]

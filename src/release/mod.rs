@@ -60,6 +60,8 @@ pub struct ReleaseArgs {
     /// YYYY-MM-DD for mof.yml and release.json: the only date in the release.
     pub date: String,
     pub contact: String,
+    /// Release a run whose last checkpoint is before train.steps (marked as partial).
+    pub allow_partial: bool,
 }
 
 /// `release.json`: what each MOF component is made of, file by file.
@@ -81,6 +83,12 @@ pub struct ReleaseRecord {
     pub components: BTreeMap<String, ComponentFiles>,
     /// Components that are not in the release, with the reason.
     pub missing: BTreeMap<String, String>,
+    /// The run stopped before `train.steps` and was released with `--allow-partial`.
+    #[serde(default)]
+    pub partial: bool,
+    /// The run's `train.steps`: what a finished run would have reached.
+    #[serde(default)]
+    pub planned_steps: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +125,11 @@ pub struct Facts {
     pub contact: String,
     pub samples: Vec<(u64, String)>,
     pub sample_cmd: String,
+    /// The last checkpoint is before train.steps (`--allow-partial`).
+    pub partial: bool,
+    /// The final evaluation as the manifest records it (loss) with the metrics.jsonl line
+    /// checked against it: (step, loss, ppl, bpb).
+    pub final_eval: Option<(f64, f64, f64, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -153,12 +166,27 @@ pub fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// A real calendar date written YYYY-MM-DD (proleptic Gregorian, years 1000 to 9999).
 pub fn valid_date(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 10
+    let shape = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 0,
+    };
+    y >= 1000 && d >= 1 && d <= days
 }
 
 /// Every regular file under `root`, as sorted relative paths with `/` separators.
@@ -235,7 +263,7 @@ fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<Strin
             format!("pass one of: {}", known_texts.join(", ")),
         ));
     }
-    for part in c.split(" OR ").flat_map(|p| p.split(" AND ")) {
+    for part in license::ids(&c) {
         if license::find(part).and_then(|l| l.text).is_none() {
             return Err(Error::hint(
                 format!("{flag} {part}: tinylm ships no text of {part}, and a release must carry the full text of each licence"),
@@ -364,18 +392,61 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         }
     }
     if !valid_date(&a.date) {
-        return Err(Error::hint(format!("--date {:?} is not YYYY-MM-DD", a.date), "e.g. --date 2026-01-31"));
+        return Err(Error::hint(
+            format!("--date {:?} is not a calendar date written YYYY-MM-DD", a.date),
+            "e.g. --date 2026-01-31",
+        ));
     }
     let run = &a.run_dir;
+    // No trainer may write the run while it is released (a trainer holds the lock exclusively;
+    // this shared lock refuses while one runs, and keeps one from starting).
+    let _lock = crate::run::RunDir::open_shared(run)?;
+    // The manifest is read once, and the release holds exactly what it records: these bytes
+    // become run/manifest.json, and only its present checkpoints are copied.
+    let manifest_path = run.join(crate::manifest::FILE);
+    let manifest_bytes = fs::read(&manifest_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::hint(
+                format!("{} has no manifest.json: it is not a tinylm run directory", run.display()),
+                "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
+            )
+        } else {
+            Error::Io { path: manifest_path.clone(), source: e }
+        }
+    })?;
     let m = Manifest::load(run)?;
     let cfg = Config::load(&run.join(CONFIG_FILE), &[])?;
-    let steps: Vec<(u64, PathBuf)> = checkpoint::list(run)?;
+    let steps: Vec<(u64, PathBuf)> =
+        m.checkpoints.iter().filter(|c| c.present).map(|c| (c.step, run.join(&c.dir))).collect();
+    for (s, _) in checkpoint::list(run)? {
+        if !steps.iter().any(|(x, _)| *x == s) {
+            log(&format!(
+                "note: {} is on disk but not recorded in the manifest; it is left out (`tinylm train --resume` records it)",
+                checkpoint::dir_name(s)
+            ));
+        }
+    }
     let Some((final_step, final_dir)) = steps.last().cloned() else {
         return Err(Error::hint(
-            format!("{} has no checkpoints", run.display()),
+            format!("{} has no recorded checkpoints", run.display()),
             "train the run to completion first",
         ));
     };
+    let partial = final_step < cfg.train.steps;
+    if partial && !a.allow_partial {
+        return Err(Error::hint(
+            format!(
+                "{} stopped at step {final_step} of train.steps = {}: the run is not finished",
+                run.display(),
+                cfg.train.steps
+            ),
+            format!(
+                "finish it with `{}`, or pass --allow-partial to release it marked as partial",
+                crate::train::resume_command(run)
+            ),
+        ));
+    }
+    let final_eval = checked_final_eval(run, &m)?;
     // A damaged run must not be published: every recorded file is checked first.
     let rows = crate::verify::check_files(run, &m);
     let bad: Vec<String> = rows
@@ -389,7 +460,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             "restore the files (or retrain); `tinylm verify --files-only` shows the table",
         ));
     }
-    let verify_table = crate::verify::Report { rows, divergence: None, notes: Vec::new() }.table();
+    let verify_table =
+        crate::verify::Report { rows, divergence: None, notes: Vec::new(), unverified: Vec::new() }.table();
 
     let lic = Licenses {
         code: check_license("--code-license", &a.code_license, false)?,
@@ -459,8 +531,11 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         let seed = cfg.run.seed;
         let e = &cfg.eval;
         let sample_cmd = format!(
-            "tinylm sample --checkpoint checkpoints/step-NNNNNNNN --prompt {:?} --tokens {} --temperature {} --top-k {} --seed {seed}",
-            e.prompt, e.sample_tokens, e.temperature, e.top_k
+            "tinylm sample --checkpoint checkpoints/step-NNNNNNNN --prompt {} --tokens {} --temperature {} --top-k {} --seed {seed}",
+            crate::run::shell_quote(&e.prompt),
+            e.sample_tokens,
+            e.temperature,
+            e.top_k
         );
         for (step, dir) in &steps {
             let rel = format!("checkpoints/{}", checkpoint::dir_name(*step));
@@ -490,9 +565,10 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
 
         // The run record, metrics and plot.
         log("writing run record, plot and data");
-        for f in [CONFIG_FILE, crate::manifest::FILE, crate::train::METRICS_FILE] {
+        for f in [CONFIG_FILE, crate::train::METRICS_FILE] {
             o.copy(&run.join(f), &format!("run/{f}"))?;
         }
+        o.put(&format!("run/{}", crate::manifest::FILE), &manifest_bytes)?;
         let metrics_path = run.join(crate::train::METRICS_FILE);
         let metrics_text = fs::read_to_string(&metrics_path).at(&metrics_path)?;
         let metrics = plot::parse_metrics(&metrics_text, &metrics_path.display().to_string())?;
@@ -510,7 +586,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             "license": lic.data, "included": data_included,
             "corpus_sha256": m.data.corpus_sha256, "corpus_bytes": m.data.corpus_bytes,
             "val_fraction": cfg.data.val_fraction, "builtin_seed": cfg.data.builtin_seed,
-            "builtin_bytes": cfg.data.builtin_bytes, "vocab_size": cfg.tokenizer.vocab_size,
+            "builtin_bytes": cfg.data.builtin_bytes, "vocab_size": hfm_vocab,
+            "vocab_size_configured": cfg.tokenizer.vocab_size,
             "tokenizer_sha256": m.data.tokenizer_sha256,
             "train_tokens": m.data.train_tokens, "train_tokens_sha256": m.data.train_tokens_sha256,
             "val_tokens": m.data.val_tokens, "val_tokens_sha256": m.data.val_tokens_sha256,
@@ -563,6 +640,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             contact: a.contact.clone(),
             samples,
             sample_cmd,
+            partial,
+            final_eval,
         };
         let comps = components(&facts, &tmp);
         let class = mof::class_met(&|n| comps.iter().any(|(c, _)| c == n));
@@ -587,7 +666,7 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
                 version: format!("step-{final_step}"),
                 date: a.date.clone(),
                 kind: "language".into(),
-                architecture: "transformer decoder (Llama)".into(),
+                architecture: "transformer decoder".into(),
                 treatment: "pre-trained".into(),
                 origin: "none (trained from scratch)".into(),
                 producer: "tinylm".into(),
@@ -657,6 +736,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             .collect(),
             components: components_json,
             missing: missing.clone(),
+            partial,
+            planned_steps: cfg.train.steps,
         };
         let mut rj = serde_json::to_string_pretty(&rec).map_err(|e| Error::msg(e.to_string()))?;
         rj.push('\n');
@@ -684,6 +765,45 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             Err(e)
         }
     }
+}
+
+/// The final evaluation the card publishes: the loss the manifest records for the newest
+/// checkpoint that has one, and that step's `metrics.jsonl` line, which must agree with it
+/// (loss to the bit, perplexity = exp(loss)); a metrics file that says otherwise is refused.
+fn checked_final_eval(run: &Path, m: &Manifest) -> Result<Option<(f64, f64, f64, f64)>> {
+    let Some(rec) = m.checkpoints.iter().filter(|c| c.val_loss.is_some()).max_by_key(|c| c.step) else {
+        return Ok(None);
+    };
+    let loss = rec.val_loss.unwrap_or_default();
+    let path = run.join(crate::train::METRICS_FILE);
+    let text = fs::read_to_string(&path).at(&path)?;
+    let points = plot::parse_metrics(&text, &path.display().to_string())?;
+    let line = points.iter().rev().find(|p| p.step as u64 == rec.step && p.val_loss.is_some());
+    let refuse = |why: String| {
+        Error::hint(
+            format!("{}: {why}", path.display()),
+            "metrics.jsonl must be the one the run wrote; restore it (the manifest's val_loss is what the checkpoints record)",
+        )
+    };
+    let Some(p) = line else {
+        return Err(refuse(format!(
+            "no evaluation at step {}, where the manifest records val_loss {loss}",
+            rec.step
+        )));
+    };
+    let (l, ppl, bpb) =
+        (p.val_loss.unwrap_or(f64::NAN), p.val_ppl.unwrap_or(f64::NAN), p.val_bpb.unwrap_or(f64::NAN));
+    if l.to_bits() != loss.to_bits()
+        || ppl.to_bits() != libm::exp(loss).to_bits()
+        || !(bpb.is_finite() && bpb > 0.0)
+    {
+        return Err(refuse(format!(
+            "the evaluation at step {} (val_loss {l}, val_ppl {ppl}, val_bpb {bpb}) disagrees with the manifest (val_loss {loss}, so perplexity {})",
+            rec.step,
+            libm::exp(loss)
+        )));
+    }
+    Ok(Some((rec.step as f64, loss, ppl, bpb)))
 }
 
 fn missing_reason(name: &str, f: &Facts) -> String {
@@ -844,6 +964,10 @@ mod tests {
         assert!(valid_date("2026-01-31"));
         assert!(!valid_date("2026-1-31"));
         assert!(!valid_date("yesterday"));
+        for bad in ["2026-13-45", "2026-00-10", "2026-02-29", "2026-04-31", "2026-01-00", "1900-02-29"] {
+            assert!(!valid_date(bad), "{bad}");
+        }
+        assert!(valid_date("2024-02-29") && valid_date("2000-02-29") && valid_date("2026-12-31"));
         assert!(valid_date(&today()));
     }
 }

@@ -159,9 +159,122 @@ impl Record {
         }
     }
 
+    /// The record as YAML, every scalar a double-quoted string: the Model Openness Tool reads
+    /// `mof.yml` with Symfony's YAML parser, which turns a bare `2024-03-20` into an integer
+    /// timestamp and a bare `1.0` into a float, and its schema wants strings.
     pub fn to_yaml(&self) -> std::result::Result<String, String> {
-        serde_norway::to_string(self).map_err(|e| e.to_string())
+        let v = serde_norway::to_value(self).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        write_yaml(&v, 0, &mut out);
+        Ok(out)
     }
+}
+
+/// Block YAML with double-quoted scalars (serde_json's escaping is valid YAML).
+fn write_yaml(v: &serde_norway::Value, indent: usize, out: &mut String) {
+    use serde_norway::Value as V;
+    let pad = " ".repeat(indent);
+    let scalar = |v: &V| -> String {
+        match v {
+            V::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            V::Bool(b) => b.to_string(),
+            V::Number(n) => serde_json::to_string(&n.to_string()).unwrap_or_default(),
+            V::Null => "null".into(),
+            _ => String::new(),
+        }
+    };
+    match v {
+        V::Mapping(m) => {
+            for (k, val) in m {
+                let key = k.as_str().map(String::from).unwrap_or_else(|| scalar(k));
+                match val {
+                    V::Mapping(x) if !x.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(val, indent + 2, out);
+                    }
+                    V::Sequence(x) if !x.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(val, indent, out);
+                    }
+                    V::Mapping(_) => out.push_str(&format!("{pad}{key}: {{}}\n")),
+                    V::Sequence(_) => out.push_str(&format!("{pad}{key}: []\n")),
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", scalar(val))),
+                }
+            }
+        }
+        V::Sequence(items) => {
+            for item in items {
+                match item {
+                    V::Mapping(m) if !m.is_empty() => {
+                        // The first key on the dash line, the rest indented under it.
+                        let mut inner = String::new();
+                        write_yaml(item, indent + 2, &mut inner);
+                        let body = inner.strip_prefix(&" ".repeat(indent + 2)).unwrap_or(&inner);
+                        out.push_str(&format!("{pad}- {body}"));
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", scalar(item))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+/// The Model Openness Tool's JSON schema for `mof.yml`, from lfai/model_openness_tool at
+/// 8b5d30e (`schema/mof_schema.json`), committed beside this file so the check needs no network.
+pub const MOT_SCHEMA: &str = include_str!("mof_schema.json");
+
+/// Check a `mof.yml` the way the Model Openness Tool reads it: problems, empty when valid.
+/// - A plain (unquoted) scalar that Symfony's parser would read as a date or a number where
+///   the schema wants a string is named: the Tool sees an integer timestamp there.
+/// - The parsed document is validated against [`MOT_SCHEMA`] (formats included: `date`).
+pub fn schema_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim_start().trim_start_matches("- ");
+        if let Some((key, val)) = l.split_once(": ") {
+            let val = val.split(" #").next().unwrap_or("").trim();
+            let b = val.as_bytes();
+            let date_like = b.len() >= 10
+                && b[..4].iter().all(u8::is_ascii_digit)
+                && b[4] == b'-'
+                && b[5..7].iter().all(u8::is_ascii_digit)
+                && b[7] == b'-'
+                && b[8..10].iter().all(u8::is_ascii_digit);
+            let number_like = !val.is_empty() && val.parse::<f64>().is_ok();
+            if date_like || (number_like && matches!(key.trim(), "version" | "date" | "name")) {
+                problems.push(format!(
+                    "line {}: {} {val} is not quoted: the Model Openness Tool's YAML parser reads it as {}, and its schema wants a string",
+                    i + 1,
+                    key.trim(),
+                    if date_like { "an integer timestamp" } else { "a number" }
+                ));
+            }
+        }
+    }
+    let doc: serde_json::Value = match serde_norway::from_str::<serde_norway::Value>(text)
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("not YAML the schema can check: {e}"));
+            return problems;
+        }
+    };
+    let schema: serde_json::Value = match serde_json::from_str(MOT_SCHEMA) {
+        Ok(s) => s,
+        Err(e) => return vec![format!("internal: the embedded MOT schema does not parse: {e}")],
+    };
+    match jsonschema::options().should_validate_formats(true).build(&schema) {
+        Ok(v) => {
+            for e in v.iter_errors(&doc) {
+                problems.push(format!("{} -> {e}", e.instance_path()));
+            }
+        }
+        Err(e) => problems.push(format!("internal: the embedded MOT schema does not compile: {e}")),
+    }
+    problems
 }
 
 #[cfg(test)]
