@@ -85,6 +85,16 @@ fn release_then_audit_meets_class_one_and_is_deterministic() {
     let problems = tinylm::release::mof::schema_problems(&mof);
     assert!(problems.is_empty(), "mof.yml fails the MOT schema: {problems:?}\n{mof}");
     assert_eq!(mof.matches("\n  - name: ").count(), 17, "{mof}");
+    // Each licence text is SPDX's own, byte for byte.
+    let mut n = 0;
+    for e in std::fs::read_dir(rel.join("LICENSES")).unwrap() {
+        let p = e.unwrap().path();
+        let id = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let spdx: &dyn license::License = id.parse().unwrap_or_else(|_| panic!("{id} is not an SPDX id"));
+        assert_eq!(bytes(&p), spdx.text().as_bytes(), "LICENSES/{id}.txt is not SPDX's text");
+        n += 1;
+    }
+    assert!(n >= 4, "{n} licence texts");
     let rj = json(&rel.join("release.json"));
     assert_eq!(rj["components"].as_object().unwrap().len(), 17);
     assert_eq!(rj["checkpoints"], serde_json::json!([5, 10, 15, 20]));

@@ -30,69 +30,58 @@ pub struct License {
     pub open: bool,
     /// The kinds of artifact it is written for; empty for a non-open licence.
     pub kinds: &'static [Kind],
-    /// The full text, when tinylm ships it (`src/release/licenses/<id>.txt`).
-    pub text: Option<&'static str>,
+}
+
+impl License {
+    /// The full text as SPDX's licence list publishes it (the `license` crate embeds list
+    /// 3.29), for every SPDX id; None for the non-SPDX ids (Hugging Face's `llama2`, ...). A
+    /// release ships these texts byte for byte: a licence text must be the canonical one.
+    pub fn text(&self) -> Option<&'static str> {
+        self.id.parse::<&dyn license::License>().ok().map(|l| l.text())
+    }
 }
 
 use Kind::*;
 
-/// The licences tinylm knows. Texts: Apache-2.0 and CC0-1.0 from Debian's
-/// /usr/share/common-licenses, CDLA-Permissive-2.0 as published by the Linux Foundation (the
-/// copy in the webpki-roots crate), MIT the standard text with our copyright line, CC-BY-4.0
-/// the Creative Commons legal code (plain-text form).
+/// The licences tinylm knows, with what they are open for. Their texts come from SPDX
+/// (`License::text`).
 pub const KNOWN: &[License] = &[
-    License { id: "MIT", open: true, kinds: &[Code], text: Some(include_str!("licenses/MIT.txt")) },
-    License {
-        id: "Apache-2.0",
-        open: true,
-        kinds: &[Code],
-        text: Some(include_str!("licenses/Apache-2.0.txt")),
-    },
+    License { id: "MIT", open: true, kinds: &[Code] },
+    License { id: "Apache-2.0", open: true, kinds: &[Code] },
     License {
         id: "CC0-1.0",
         open: true,
         // A public-domain dedication: FSF-libre for code, open for data and documents.
         kinds: &[Code, Data, Document],
-        text: Some(include_str!("licenses/CC0-1.0.txt")),
     },
-    License {
-        id: "CDLA-Permissive-2.0",
-        open: true,
-        kinds: &[Data],
-        text: Some(include_str!("licenses/CDLA-Permissive-2.0.txt")),
-    },
-    License {
-        id: "CC-BY-4.0",
-        open: true,
-        kinds: &[Data, Document],
-        text: Some(include_str!("licenses/CC-BY-4.0.txt")),
-    },
-    License { id: "BSD-2-Clause", open: true, kinds: &[Code], text: None },
-    License { id: "BSD-3-Clause", open: true, kinds: &[Code], text: None },
-    License { id: "ISC", open: true, kinds: &[Code], text: None },
-    License { id: "MPL-2.0", open: true, kinds: &[Code], text: None },
-    License { id: "GPL-2.0", open: true, kinds: &[Code], text: None },
-    License { id: "GPL-3.0", open: true, kinds: &[Code], text: None },
-    License { id: "LGPL-3.0", open: true, kinds: &[Code], text: None },
-    License { id: "AGPL-3.0", open: true, kinds: &[Code], text: None },
-    License { id: "Unlicense", open: true, kinds: &[Code], text: None },
-    License { id: "CC-BY-SA-4.0", open: true, kinds: &[Data, Document], text: None },
-    License { id: "CDLA-Permissive-1.0", open: true, kinds: &[Data], text: None },
-    License { id: "CDLA-Sharing-1.0", open: true, kinds: &[Data], text: None },
-    License { id: "ODC-By-1.0", open: true, kinds: &[Data], text: None },
-    License { id: "ODbL-1.0", open: true, kinds: &[Data], text: None },
-    License { id: "PDDL-1.0", open: true, kinds: &[Data], text: None },
-    License { id: "CC-BY-NC-4.0", open: false, kinds: &[], text: None },
-    License { id: "CC-BY-NC-SA-4.0", open: false, kinds: &[], text: None },
-    License { id: "CC-BY-ND-4.0", open: false, kinds: &[], text: None },
-    License { id: "CC-BY-NC-ND-4.0", open: false, kinds: &[], text: None },
-    License { id: "OpenRAIL", open: false, kinds: &[], text: None },
-    License { id: "CreativeML-OpenRAIL-M", open: false, kinds: &[], text: None },
-    License { id: "BigScience-OpenRAIL-M", open: false, kinds: &[], text: None },
-    License { id: "Llama2", open: false, kinds: &[], text: None },
-    License { id: "Llama3", open: false, kinds: &[], text: None },
-    License { id: "Llama3.1", open: false, kinds: &[], text: None },
-    License { id: "Gemma", open: false, kinds: &[], text: None },
+    License { id: "CDLA-Permissive-2.0", open: true, kinds: &[Data] },
+    License { id: "CC-BY-4.0", open: true, kinds: &[Data, Document] },
+    License { id: "BSD-2-Clause", open: true, kinds: &[Code] },
+    License { id: "BSD-3-Clause", open: true, kinds: &[Code] },
+    License { id: "ISC", open: true, kinds: &[Code] },
+    License { id: "MPL-2.0", open: true, kinds: &[Code] },
+    License { id: "GPL-2.0", open: true, kinds: &[Code] },
+    License { id: "GPL-3.0", open: true, kinds: &[Code] },
+    License { id: "LGPL-3.0", open: true, kinds: &[Code] },
+    License { id: "AGPL-3.0", open: true, kinds: &[Code] },
+    License { id: "Unlicense", open: true, kinds: &[Code] },
+    License { id: "CC-BY-SA-4.0", open: true, kinds: &[Data, Document] },
+    License { id: "CDLA-Permissive-1.0", open: true, kinds: &[Data] },
+    License { id: "CDLA-Sharing-1.0", open: true, kinds: &[Data] },
+    License { id: "ODC-By-1.0", open: true, kinds: &[Data] },
+    License { id: "ODbL-1.0", open: true, kinds: &[Data] },
+    License { id: "PDDL-1.0", open: true, kinds: &[Data] },
+    License { id: "CC-BY-NC-4.0", open: false, kinds: &[] },
+    License { id: "CC-BY-NC-SA-4.0", open: false, kinds: &[] },
+    License { id: "CC-BY-ND-4.0", open: false, kinds: &[] },
+    License { id: "CC-BY-NC-ND-4.0", open: false, kinds: &[] },
+    License { id: "OpenRAIL", open: false, kinds: &[] },
+    License { id: "CreativeML-OpenRAIL-M", open: false, kinds: &[] },
+    License { id: "BigScience-OpenRAIL-M", open: false, kinds: &[] },
+    License { id: "Llama2", open: false, kinds: &[] },
+    License { id: "Llama3", open: false, kinds: &[] },
+    License { id: "Llama3.1", open: false, kinds: &[] },
+    License { id: "Gemma", open: false, kinds: &[] },
 ];
 
 /// Spellings that mean "no licence was given".
@@ -230,7 +219,7 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
 
 /// The known ids in an expression that have a shipped text, in order.
 pub fn texts(expr: &str) -> Vec<&'static License> {
-    ids(expr).into_iter().filter_map(find).filter(|l| l.text.is_some()).collect()
+    ids(expr).into_iter().filter_map(find).filter(|l| l.text().is_some()).collect()
 }
 
 /// The expression with every id in its canonical spelling and upper-case operators,
@@ -305,7 +294,7 @@ mod tests {
     #[test]
     fn shipped_texts_are_the_full_licences() {
         let has = |id: &str, needle: &str| {
-            let t = find(id).and_then(|l| l.text).unwrap_or_default();
+            let t = find(id).and_then(|l| l.text()).unwrap_or_default();
             assert!(t.contains(needle), "{id} text lacks {needle:?}");
             t.len()
         };
@@ -313,7 +302,14 @@ mod tests {
         assert!(has("MIT", "THE SOFTWARE IS PROVIDED \"AS IS\"") > 1000);
         assert!(has("CC0-1.0", "Statement of Purpose") > 6000);
         assert!(has("CC-BY-4.0", "Attribution 4.0 International Public License") > 15_000);
-        assert!(!find("CC-BY-4.0").and_then(|l| l.text).unwrap_or_default().contains("ShareAlike"));
+        assert!(!find("CC-BY-4.0").and_then(|l| l.text()).unwrap_or_default().contains("ShareAlike"));
+        // Every SPDX id tinylm knows has SPDX's own text; the HF-only ids have none.
+        for l in KNOWN {
+            let spdx = l.id.parse::<&dyn license::License>().ok().map(|x| x.text());
+            assert_eq!(l.text(), spdx, "{}", l.id);
+        }
+        assert!(find("MIT").and_then(|l| l.text()).is_some_and(|t| t.contains("<copyright holders>")));
+        assert!(find("llama2").and_then(|l| l.text()).is_none());
         assert!(
             has("CDLA-Permissive-2.0", "Community Data License Agreement - Permissive - Version 2.0") > 2000
         );

@@ -247,7 +247,7 @@ impl Out {
 }
 
 fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<String> {
-    let known_texts: Vec<&str> = license::KNOWN.iter().filter(|l| l.text.is_some()).map(|l| l.id).collect();
+    let known_texts: Vec<&str> = license::KNOWN.iter().filter(|l| l.text().is_some()).map(|l| l.id).collect();
     let c = license::canonical(expr).map_err(|bad| {
         Error::hint(
             format!("{flag} {expr:?}: {bad:?} is not an SPDX licence id tinylm knows"),
@@ -264,7 +264,7 @@ fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<Strin
         ));
     }
     for part in license::ids(&c) {
-        if license::find(part).and_then(|l| l.text).is_none() {
+        if license::find(part).and_then(|l| l.text()).is_none() {
             return Err(Error::hint(
                 format!("{flag} {part}: tinylm ships no text of {part}, and a release must carry the full text of each licence"),
                 format!("pass one of: {}", known_texts.join(", ")),
@@ -614,7 +614,7 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         // Licence texts.
         for expr in [&lic.code, &lic.data, &lic.weights, &lic.document] {
             for l in license::texts(expr) {
-                o.put(&format!("LICENSES/{}.txt", l.id), l.text.unwrap_or_default().as_bytes())?;
+                o.put(&format!("LICENSES/{}.txt", l.id), l.text().unwrap_or_default().as_bytes())?;
             }
         }
 
