@@ -22,6 +22,7 @@ use tinylm::{sample, threads, verify, Error, Result};
   tinylm verify checkpoints/tiny                       retrain and compare every recorded hash
   tinylm release checkpoints/tiny release/tiny         publish: HF layout, cards, licences, MOF record
   tinylm audit release/tiny                            check hashes, licences and the MOF class
+  tinylm eval --checkpoint release/tiny --text my.txt  loss, perplexity, bits/byte on any text
 
 Exit codes: 0 ok, 1 verify mismatch or audit failed, 2 error, 130 interrupted (a checkpoint was written)."
 )]
@@ -171,6 +172,24 @@ enum Cmd {
         /// published list); without it a missing SHA256SUMS fails the audit.
         #[arg(long)]
         no_sums: bool,
+    },
+    /// Loss, perplexity and bits per byte of a model on any text, in non-overlapping windows
+    /// of its context (each token but a window's first predicted from those before it, as
+    /// transformers computes it).
+    Eval {
+        /// A tinylm checkpoint or run directory (its newest checkpoint), a release, or a
+        /// Hugging Face Llama folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, value_name = "MODEL")]
+        checkpoint: PathBuf,
+        /// A UTF-8 text file (repeatable); each is tokenized with the model's tokenizer.
+        #[arg(long, value_name = "FILE", required = true)]
+        text: Vec<PathBuf>,
+        /// Window length in tokens (default: the model's context; at most that).
+        #[arg(long, value_name = "T")]
+        context: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the exact token windows training step N saw (JSON lines), from a release or run.
     Batches {
@@ -420,6 +439,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", a.table());
             }
             Ok(if a.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Eval { checkpoint, text, context, json } => {
+            threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let r = tinylm::eval::run(&tinylm::eval::EvalArgs { model: checkpoint, texts: text, context })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::msg(e.to_string()))?);
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Batches { path, step, data_dir, corpus, allow_download } => {
             let (_, w) = tinylm::release::batches::batches(&tinylm::release::batches::BatchesArgs {

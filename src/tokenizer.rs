@@ -50,6 +50,36 @@ pub struct Tok {
 
 impl Tok {
     pub fn from_file(path: &Path) -> Result<Tok> {
+        let tok = Self::load(path)?;
+        if tok.eot == u32::MAX {
+            return Err(Error::msg(format!("{}: no {EOT} token", path.display())));
+        }
+        Ok(tok)
+    }
+
+    /// Any byte-level BPE tokenizer (GPT-2 style, as tinylm's own and many HF models use), with
+    /// or without `<|endoftext|>`: what `tinylm eval` needs. Another kind is refused, since
+    /// bits per byte count the bytes each token spells.
+    pub fn from_file_any(path: &Path) -> Result<Tok> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let j: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::msg(format!("{}: not a tokenizer.json: {e}", path.display())))?;
+        let model = j.pointer("/model/type").and_then(|v| v.as_str()).unwrap_or("");
+        let decoder = j.pointer("/decoder/type").and_then(|v| v.as_str()).unwrap_or("");
+        if model != "BPE" || decoder != "ByteLevel" {
+            return Err(Error::hint(
+                format!(
+                    "{}: a {model} tokenizer with a {decoder:?} decoder; tinylm reads byte-level BPE tokenizers only",
+                    path.display()
+                ),
+                "use a model whose tokenizer.json is byte-level BPE (GPT-2 style)",
+            ));
+        }
+        Self::load(path)
+    }
+
+    fn load(path: &Path) -> Result<Tok> {
         let inner = Tokenizer::from_file(path).map_err(|e| {
             Error::hint(
                 format!("cannot load tokenizer {}: {e}", path.display()),
@@ -64,9 +94,8 @@ impl Tok {
                 *slot = if token == EOT { EOT.len() as u32 } else { token.chars().count() as u32 };
             }
         }
-        let eot = inner
-            .token_to_id(EOT)
-            .ok_or_else(|| Error::msg(format!("{}: no {EOT} token", path.display())))?;
+        // u32::MAX: none (only `from_file_any` lets that through).
+        let eot = inner.token_to_id(EOT).unwrap_or(u32::MAX);
         Ok(Tok { inner, byte_len, eot })
     }
 

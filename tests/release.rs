@@ -538,3 +538,67 @@ fn golden_logits_of_a_formula_model() {
         assert!((g - l).abs() < 1e-6, "golden {GOLDEN_LAST:?} vs now {last:?}");
     }
 }
+
+/// `tinylm eval` (issue 18, item 3): the same numbers from every kind of folder the model is
+/// in, and the loss equal to an independent f64 HF Llama forward over the same windows.
+#[test]
+fn eval_scores_any_text_from_any_model_folder() {
+    let d = Dir::new("eval");
+    trained_release(&d, "rel");
+    let text = "Once upon a time, a small fox found a red ball in the garden. She was happy.\n".repeat(3);
+    std::fs::write(d.path("story.txt"), &text).unwrap();
+    let eval = |model: &str, extra: &[&str]| {
+        let mut a = vec!["eval", "--checkpoint", model, "--text", "story.txt", "--json"];
+        a.extend_from_slice(extra);
+        let o = d.run(&a);
+        assert!(o.status.success(), "eval {model}: {}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let base = eval("runs/a", &[]);
+    for m in ["runs/a/step-00000020", "rel", "rel/model"] {
+        assert_eq!(eval(m, &[])["total"], base["total"], "{m}");
+    }
+    let t = base["context"].as_u64().unwrap() as usize;
+    assert_eq!(t, 32);
+    // The reference: tokenize with the same tokenizer, the same windows, f64 log-softmax.
+    let tok = tokenizers::Tokenizer::from_file(d.path("rel/model/tokenizer.json")).unwrap();
+    let ids = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+    let (mut nats, mut n) = (0f64, 0u64);
+    for w in ids.chunks(t).filter(|w| w.len() >= 2) {
+        let logits = hf_llama_logits(&d.path("rel/model"), &w[..w.len() - 1]);
+        for (row, &y) in logits.iter().zip(&w[1..]) {
+            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x));
+            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f64>().ln();
+            nats += lse - row[y as usize];
+            n += 1;
+        }
+    }
+    assert_eq!(base["total"]["tokens"].as_u64(), Some(n));
+    let (ours, theirs) = (base["total"]["loss"].as_f64().unwrap(), nats / n as f64);
+    assert!((ours - theirs).abs() < 1e-4 * theirs, "eval loss {ours}, independent forward {theirs}");
+    // Shorter windows predict fewer tokens; a longer one than the model's context is refused.
+    let short = eval("rel", &["--context", "8"]);
+    assert!(short["total"]["tokens"].as_u64() < Some(n));
+    assert_clean_error(
+        &d.run(&["eval", "--checkpoint", "rel", "--text", "story.txt", "--context", "33"]),
+        "--context 33",
+    );
+
+    // HF configs tinylm cannot represent are refused, naming the key.
+    for (key, value) in [
+        ("tie_word_embeddings", serde_json::json!(true)),
+        ("num_key_value_heads", serde_json::json!(1)),
+        ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0})),
+        ("hidden_act", serde_json::json!("gelu")),
+        ("attention_bias", serde_json::json!(true)),
+        ("model_type", serde_json::json!("mistral")),
+    ] {
+        copy_dir(&d.path("rel/model"), &d.path("hf"));
+        let mut cfg = json(&d.path("hf/config.json"));
+        cfg[key] = value;
+        std::fs::write(d.path("hf/config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let o = d.run(&["eval", "--checkpoint", "hf", "--text", "story.txt"]);
+        assert_one_line_error(&o, &format!("`{key}`"));
+        std::fs::remove_dir_all(d.path("hf")).unwrap();
+    }
+}
