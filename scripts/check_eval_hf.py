@@ -24,7 +24,7 @@ def main():
     model_dir, text_path = sys.argv[1], sys.argv[2]
     tinylm = sys.argv[4] if len(sys.argv) > 4 else "target/release/tinylm"
     args = [tinylm, "eval", "--checkpoint", model_dir, "--text", text_path, "--json"]
-    if len(sys.argv) > 3:
+    if len(sys.argv) > 3 and sys.argv[3]:
         args += ["--context", sys.argv[3]]
     ours = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
     t = ours["context"]

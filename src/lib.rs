@@ -12,6 +12,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod gguf;
 pub mod kernels;
 pub mod manifest;
 pub mod model;

@@ -23,6 +23,7 @@ use tinylm::{sample, threads, verify, Error, Result};
   tinylm release checkpoints/tiny release/tiny         publish: HF layout, cards, licences, MOF record
   tinylm audit release/tiny                            check hashes, licences and the MOF class
   tinylm eval --checkpoint release/tiny --text my.txt  loss, perplexity, bits/byte on any text
+  tinylm export checkpoints/tiny --gguf tiny.gguf      a GGUF file for llama.cpp
 
 Exit codes: 0 ok, 1 verify mismatch or audit failed, 2 error, 130 interrupted (a checkpoint was written)."
 )]
@@ -190,6 +191,17 @@ enum Cmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a model as a GGUF file that llama.cpp loads and runs (f32; --f16 halves it).
+    Export {
+        /// A tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder.
+        model: PathBuf,
+        /// The GGUF file to write (replaced atomically if it exists).
+        #[arg(long, value_name = "OUT.gguf")]
+        gguf: PathBuf,
+        /// Store the matrices as f16 (norms stay f32); the default f32 is exact.
+        #[arg(long)]
+        f16: bool,
     },
     /// Print the exact token windows training step N saw (JSON lines), from a release or run.
     Batches {
@@ -448,6 +460,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", r.table());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Export { model, gguf, f16 } => {
+            let s = tinylm::gguf::export(&tinylm::gguf::ExportArgs {
+                model: model.clone(),
+                out: gguf.clone(),
+                f16,
+            })?;
+            println!(
+                "wrote {} ({} tensors, {} bytes) from {} ({})",
+                gguf.display(),
+                s.tensors,
+                s.bytes,
+                model.display(),
+                s.kind
+            );
+            println!("run it: llama-cli -m {} -p \"Once upon a time\" -n 40 --temp 0", gguf.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Batches { path, step, data_dir, corpus, allow_download } => {

@@ -602,3 +602,90 @@ fn eval_scores_any_text_from_any_model_folder() {
         std::fs::remove_dir_all(d.path("hf")).unwrap();
     }
 }
+
+/// `tinylm export --gguf` (issue 18, item 4), read back with candle's GGUF reader: llama.cpp's
+/// metadata, every tensor (queries and keys in llama.cpp's RoPE row order), and a tokenizer that
+/// encodes as tinylm's does. The same model gives the same bytes from any folder kind.
+#[test]
+fn gguf_export_reads_back_with_the_metadata_tensors_and_tokenizer() {
+    use candle_core::quantized::gguf_file;
+    let d = Dir::new("gguf");
+    trained_release(&d, "rel");
+    for (model, out) in [("runs/a", "a.gguf"), ("rel", "b.gguf")] {
+        let o = d.run(&["export", model, "--gguf", out]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(bytes(&d.path("a.gguf")), bytes(&d.path("b.gguf")));
+    let mut f = std::fs::File::open(d.path("a.gguf")).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let md = |k: &str| ct.metadata.get(k).unwrap_or_else(|| panic!("no {k}"));
+    assert_eq!(md("general.architecture").to_string().unwrap(), "llama");
+    for (k, v) in [
+        ("llama.context_length", 32),
+        ("llama.embedding_length", 32),
+        ("llama.block_count", 2),
+        ("llama.feed_forward_length", 64),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.rope.dimension_count", 16),
+    ] {
+        assert_eq!(md(k).to_u32().unwrap(), v, "{k}");
+    }
+    let cfg = json(&d.path("rel/model/config.json"));
+    assert_eq!(
+        md("llama.attention.layer_norm_rms_epsilon").to_f32().unwrap(),
+        cfg["rms_norm_eps"].as_f64().unwrap() as f32
+    );
+    assert_eq!(md("llama.rope.freq_base").to_f32().unwrap(), cfg["rope_theta"].as_f64().unwrap() as f32);
+    assert_eq!(md("tokenizer.ggml.model").to_string().unwrap(), "gpt2");
+    let eot = cfg["eos_token_id"].as_u64().unwrap() as usize;
+    let types = md("tokenizer.ggml.token_type").to_vec().unwrap();
+    assert_eq!(types.len(), cfg["vocab_size"].as_u64().unwrap() as usize);
+    assert_eq!(types[eot].to_i32().unwrap(), 3, "<|endoftext|> is a control token");
+    assert_eq!(
+        types.iter().filter(|t| t.to_i32().unwrap() == 1).count(),
+        types.len() - 1,
+        "the rest are normal"
+    );
+    assert_eq!(md("tokenizer.ggml.bos_token_id").to_u32().unwrap() as usize, eot);
+    assert_eq!(md("tokenizer.ggml.eos_token_id").to_u32().unwrap() as usize, eot);
+
+    // Every tensor: the checkpoint's, with q and k rows in llama.cpp's order.
+    let w =
+        tinylm::checkpoint::from_safetensors(&bytes(&d.path("rel/model/model.safetensors")), Path::new("m"))
+            .unwrap();
+    assert_eq!(ct.tensor_infos.len(), w.len());
+    for (hf, t) in &w {
+        let name = tinylm::gguf::gguf_name(hf).unwrap();
+        let q = ct.tensor(&mut f, &name, &candle_core::Device::Cpu).unwrap();
+        let got = q.dequantize(&candle_core::Device::Cpu).unwrap();
+        assert_eq!(got.dims(), t.dims(), "{name}");
+        let mut want = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if hf.contains("q_proj") || hf.contains("k_proj") {
+            want = tinylm::gguf::permute_rope_rows(&want, 2, t.dims()[1]);
+            assert_ne!(
+                want,
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name}: the permutation moved nothing"
+            );
+        }
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} differs");
+    }
+
+    // The tokenizer rebuilt from the GGUF alone encodes as tinylm's.
+    use candle_core::quantized::tokenizer::TokenizerFromGguf;
+    let from_gguf = tokenizers::Tokenizer::from_gguf(&ct).unwrap();
+    let ours = tokenizers::Tokenizer::from_file(d.path("rel/model/tokenizer.json")).unwrap();
+    let text = " Once upon a time, a little fox named Tom had 25 red balls. \"Why?\" she asked.";
+    assert_eq!(from_gguf.encode(text, false).unwrap().get_ids(), ours.encode(text, false).unwrap().get_ids());
+
+    // f16: about half the size, the same values to f16 rounding.
+    let o = d.run(&["export", "runs/a", "--gguf", "h.gguf", "--f16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (full, half) = (bytes(&d.path("a.gguf")).len(), bytes(&d.path("h.gguf")).len());
+    assert!(half < full * 7 / 10, "{half} vs {full}");
+    let o = d.run(&["export", "nowhere", "--gguf", "x.gguf"]);
+    assert_clean_error(&o, "nowhere");
+    assert!(!d.path("x.gguf").exists());
+}
