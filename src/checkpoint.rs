@@ -249,8 +249,23 @@ pub fn read_state(dir: &Path) -> Result<State> {
             "use the tinylm version that wrote it",
         ));
     }
+    // The names are joined to the checkpoint directory to read (and, on resume and release,
+    // to copy) each file: only a checkpoint's own file names, never a path.
+    if let Some(bad) = state.files.keys().find(|n| !FILE_NAMES.contains(&n.as_str())) {
+        return Err(Error::hint(
+            format!(
+                "{}: {bad:?} is not a checkpoint file (a checkpoint holds {})",
+                p.display(),
+                FILE_NAMES.join(", ")
+            ),
+            "the checkpoint is corrupt or crafted; use another one",
+        ));
+    }
     Ok(state)
 }
+
+/// The files a checkpoint may record in its state.json.
+pub const FILE_NAMES: &[&str] = &[MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE, CONFIG_FILE];
 
 /// Read a file of a checkpoint and check it against the hash in state.json.
 pub fn read_checked(dir: &Path, state: &State, name: &str) -> Result<Vec<u8>> {

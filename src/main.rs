@@ -282,6 +282,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         _ => run_dir.clone(),
                     };
                     let path = from.join(tinylm::checkpoint::CONFIG_FILE);
+                    if from != run_dir {
+                        foreign_data_paths(&path, &set)?;
+                    }
                     (run_config(&from, &set)?, run_dir, path)
                 }
             };
@@ -491,6 +494,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A config taken from someone else's checkpoint (`--resume OTHER/step-N --run-dir NEW`) names
+/// where training reads and downloads its corpus: paths outside the working directory are
+/// refused unless the user names them with --set (as a release's are by verify).
+fn foreign_data_paths(path: &std::path::Path, set: &[String]) -> Result<()> {
+    let cfg = Config::load(path, &[])?;
+    let given = |key: &str| set.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    for (key, val) in [("data.path", cfg.data.path.clone()), ("data.dir", Some(cfg.data.dir.clone()))] {
+        let Some(v) = val else { continue };
+        let p = std::path::Path::new(&v);
+        let outside = p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+        if outside && !given(key) {
+            return Err(Error::hint(
+                format!(
+                    "{}: {key} = {v:?} leaves the working directory, and this config is another run's",
+                    path.display()
+                ),
+                format!("name the path yourself: --set {key}=PATH (or pass your own --config FILE)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The config of an existing run for a resume without --config: its config.toml, which must

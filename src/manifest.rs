@@ -152,7 +152,48 @@ impl Manifest {
                 m.format_version
             )));
         }
+        m.check_paths(&p)?;
         Ok(m)
+    }
+
+    /// Every path a manifest names is joined to its run directory to read (and release) files:
+    /// a checkpoint directory is `step-NNNNNNNN` or `abandoned/<name>/step-NNNNNNNN`, and a file
+    /// one of a checkpoint's own names.
+    pub fn check_paths(&self, file: &Path) -> Result<()> {
+        let plain = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0']);
+        let dir_ok = |d: &str| {
+            let parts: Vec<&str> = d.split('/').collect();
+            let step = |s: &str| {
+                s.strip_prefix("step-").is_some_and(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            match parts.as_slice() {
+                [s] => step(s),
+                ["abandoned", name, s] => plain(name) && step(s),
+                _ => false,
+            }
+        };
+        for c in self.checkpoints.iter().chain(&self.abandoned) {
+            if !dir_ok(&c.dir) {
+                return Err(Error::hint(
+                    format!(
+                        "{}: checkpoint dir {:?} is not a checkpoint directory name",
+                        file.display(),
+                        c.dir
+                    ),
+                    "the manifest is damaged or crafted",
+                ));
+            }
+            if let Some(bad) = c.files.keys().find(|n| {
+                !crate::checkpoint::FILE_NAMES.contains(&n.as_str())
+                    && n.as_str() != crate::checkpoint::STATE_FILE
+            }) {
+                return Err(Error::hint(
+                    format!("{}: {bad:?} in {} is not a checkpoint file name", file.display(), c.dir),
+                    "the manifest is damaged or crafted",
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, run_dir: &Path) -> Result<()> {

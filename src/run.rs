@@ -208,6 +208,22 @@ impl RunDir {
         }
         for (s, _) in self.checkpoints()? {
             let known = m.checkpoints.iter().any(|c| c.step == s && c.present);
+            // Only the resume point, which `train` checked as the crash-window checkpoint, is
+            // recorded; a record is never replaced (one marked deleted stays so), and any
+            // other unrecorded directory is left alone, unrecorded, so nothing rewrites the
+            // run's history.
+            if !known && (s != start || m.checkpoints.iter().any(|c| c.step == s)) {
+                log.push(format!(
+                    "warning: {} is on disk but {}; left as it is, not recorded",
+                    checkpoint::dir_name(s),
+                    if m.checkpoints.iter().any(|c| c.step == s) {
+                        "its record says it was deleted"
+                    } else {
+                        "not recorded"
+                    }
+                ));
+                continue;
+            }
             if !known {
                 match record_of(&self.path, s) {
                     Ok(rec) => {

@@ -225,9 +225,17 @@ fn check_unrecorded(
     m: &crate::manifest::Manifest,
 ) -> Result<()> {
     let newest = m.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
-    let every = old.checkpoint.every;
+    // The cadence of the run's own config (pinned by the manifest), not the candidate's: a
+    // checkpoint's config.toml may differ in result-neutral keys, checkpoint.every among them.
+    let owner_cfg = dir
+        .parent()
+        .map(|o| o.join(CONFIG_FILE))
+        .filter(|p| crate::util::sha256_file(p).is_ok_and(|h| h == m.config_sha256));
+    let every = match owner_cfg.and_then(|p| Config::load(&p, &[]).ok()) {
+        Some(c) => c.checkpoint.every,
+        None => old.checkpoint.every,
+    };
     let next = newest.checked_div(every).map_or(u64::MAX, |q| (q + 1).saturating_mul(every));
-    let next = next.min(old.train.steps.max(newest + 1));
     let owner = dir.parent().unwrap_or(Path::new("."));
     let recorded = || match newest {
         0 => format!(

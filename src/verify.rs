@@ -107,12 +107,9 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let short = |h: &str| {
-            if h.len() == 64 {
-                h[..16].to_string()
-            } else {
-                h.to_string()
-            }
+        let short = |h: &str| match h.get(..16) {
+            Some(p) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => p.to_string(),
+            _ => h.to_string(),
         };
         let w = self.rows.iter().map(|r| r.artifact.len()).max().unwrap_or(8).max(8);
         let mut s: String = self.notes.iter().map(|n| format!("{n}\n")).collect();
@@ -171,14 +168,19 @@ impl Layout {
     /// A run directory, or a release directory (it has `release.json` and `run/manifest.json`).
     pub fn detect(dir: &Path) -> Layout {
         if dir.join("release.json").is_file() && dir.join("run").join(crate::manifest::FILE).is_file() {
-            Layout {
-                run: dir.join("run"),
-                checkpoints: dir.join("checkpoints"),
-                extra_ok: RELEASE_EXTRAS,
-                release: Some(dir.to_path_buf()),
-            }
+            Layout::release(dir)
         } else {
             Layout::run(dir)
+        }
+    }
+
+    /// The layout `tinylm release` writes.
+    pub fn release(dir: &Path) -> Layout {
+        Layout {
+            run: dir.join("run"),
+            checkpoints: dir.join("checkpoints"),
+            extra_ok: RELEASE_EXTRAS,
+            release: Some(dir.to_path_buf()),
         }
     }
 }
@@ -219,7 +221,9 @@ pub fn check_files_in(l: &Layout, m: &Manifest) -> Vec<Row> {
     // recording it, or a forgery: nothing vouches for it, so it is shown as unverified (a full
     // verify re-executes to it and compares). A record marked absent whose directory is still
     // there is a retention a kill interrupted: harmless.
-    for step in unrecorded_newest(ckpts, m) {
+    let every =
+        Config::load(&run_dir.join(checkpoint::CONFIG_FILE), &[]).map(|c| c.checkpoint.every).unwrap_or(0);
+    for step in unrecorded_newest(ckpts, m, every) {
         let mut row = Row::new(
             format!("{} (on disk)", checkpoint::dir_name(step)),
             "not recorded",
@@ -228,13 +232,84 @@ pub fn check_files_in(l: &Layout, m: &Manifest) -> Vec<Row> {
         row.tolerated = true;
         rows.push(row);
     }
-    rows.extend(broken_newer(ckpts, m));
+    rows.extend(broken_newer(ckpts, m, every));
     let newest = newest_record(m);
     for (step, _) in checkpoint::list(ckpts).unwrap_or_default() {
-        if step > newest || m.checkpoints.iter().any(|c| c.step == step) {
+        let rec = m.checkpoints.iter().find(|c| c.step == step);
+        if step > newest && (every == 0 || step <= next_cadence(newest, every)) {
             continue;
         }
-        rows.push(Row::new(format!("{} (on disk)", checkpoint::dir_name(step)), "not recorded", "present"));
+        match rec {
+            None => rows.push(Row::new(
+                format!("{} (on disk)", checkpoint::dir_name(step)),
+                "not recorded",
+                "present",
+            )),
+            // A release holds only what its manifest records as present: a directory whose
+            // record says deleted was put there afterwards.
+            Some(c) if !c.present && l.release.is_some() => rows.push(Row::new(
+                format!("{} (on disk)", checkpoint::dir_name(step)),
+                "recorded as deleted",
+                "present",
+            )),
+            Some(_) => {}
+        }
+    }
+    rows
+}
+
+/// The step a run checkpointing every `every` steps writes next after `newest`.
+fn next_cadence(newest: u64, every: u64) -> u64 {
+    newest.checked_div(every).map_or(u64::MAX, |q| (q + 1).saturating_mul(every))
+}
+
+/// A release's Hugging Face files against its run record: `model/model.safetensors` and
+/// `model/tokenizer.json` are the newest present checkpoint's (release copies them byte for
+/// byte), and every `*.json` beside them and in each checkpoint is what `tinylm release`
+/// writes for this config and tokenizer. These are what a reader loads, so they are checked
+/// with the rest.
+pub fn release_rows(l: &Layout, m: &Manifest) -> Vec<Row> {
+    let Some(rel) = &l.release else { return Vec::new() };
+    let mut rows = Vec::new();
+    let Some(last) = m.checkpoints.iter().filter(|c| c.present).max_by_key(|c| c.step) else {
+        return rows;
+    };
+    for name in [MODEL_FILE, TOKENIZER_FILE] {
+        let want = last.files.get(name).cloned().unwrap_or_else(|| "not recorded".into());
+        rows.push(Row::new(
+            format!("model/{name} (= {}/{name})", last.dir),
+            want,
+            hash_or_missing(&rel.join("model").join(name)),
+        ));
+    }
+    let side = (|| -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let cfg = Config::load(&l.run.join(checkpoint::CONFIG_FILE), &[])?;
+        let tok = Tok::from_file(&rel.join("model").join(TOKENIZER_FILE))?;
+        crate::release::hf::side_files(&crate::release::hf::HfModel {
+            cfg: &cfg,
+            vocab: tok.vocab_size(),
+            eot: tok.eot(),
+        })
+    })();
+    match side {
+        Ok(files) => {
+            let dirs = std::iter::once("model".to_string())
+                .chain(m.checkpoints.iter().filter(|c| c.present).map(|c| format!("checkpoints/{}", c.dir)));
+            for d in dirs {
+                for (name, bytes) in &files {
+                    rows.push(Row::new(
+                        format!("{d}/{name}"),
+                        sha256_hex(bytes),
+                        hash_or_missing(&rel.join(&d).join(name)),
+                    ));
+                }
+            }
+        }
+        Err(e) => rows.push(Row::new(
+            "model/*.json",
+            "what tinylm release writes",
+            format!("cannot be rebuilt: {e}"),
+        )),
     }
     rows
 }
@@ -246,24 +321,29 @@ fn newest_record(m: &Manifest) -> u64 {
 /// Checkpoints newer than every record whose files check against their own state.json (the
 /// shape a crash between writing and recording leaves). Newer ones that do not check are
 /// mismatches like any unrecorded checkpoint.
-fn unrecorded_newest(ckpts: &Path, m: &Manifest) -> Vec<u64> {
+/// Only the checkpoint the run would have written next can be in that state: beyond the next
+/// cadence step (by the run's own config, which the manifest pins) it is a mismatch like any
+/// unrecorded checkpoint, and a full verify does not re-execute that far.
+fn unrecorded_newest(ckpts: &Path, m: &Manifest, every: u64) -> Vec<u64> {
     let newest = newest_record(m);
     checkpoint::list(ckpts)
         .unwrap_or_default()
         .into_iter()
         .map(|(s, _)| s)
-        .filter(|&s| s > newest && run::verified_hashes(&ckpts.join(checkpoint::dir_name(s))).is_ok())
+        .filter(|&s| s > newest && (every == 0 || s <= next_cadence(newest, every)))
+        .filter(|&s| run::verified_hashes(&ckpts.join(checkpoint::dir_name(s))).is_ok())
         .collect()
 }
 
 /// Rows of unrecorded checkpoints newer than every record that do not check against their
 /// own state.json.
-fn broken_newer(ckpts: &Path, m: &Manifest) -> Vec<Row> {
+fn broken_newer(ckpts: &Path, m: &Manifest, every: u64) -> Vec<Row> {
     let newest = newest_record(m);
     checkpoint::list(ckpts)
         .unwrap_or_default()
         .into_iter()
-        .filter(|&(s, ref d)| s > newest && run::verified_hashes(d).is_err())
+        .filter(|&(s, _)| s > newest && (every == 0 || s <= next_cadence(newest, every)))
+        .filter(|(_, d)| run::verified_hashes(d).is_err())
         .map(|(s, _)| {
             Row::new(
                 format!("{} (on disk)", checkpoint::dir_name(s)),
@@ -370,7 +450,10 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         )
     })?;
     let mut rows = check_files_in(&layout, &m);
-    let unrecorded = unrecorded_newest(&layout.checkpoints, &m);
+    rows.extend(release_rows(&layout, &m));
+    let every =
+        Config::load(&run_dir.join(checkpoint::CONFIG_FILE), &[]).map(|c| c.checkpoint.every).unwrap_or(0);
+    let unrecorded = unrecorded_newest(&layout.checkpoints, &m, every);
     if a.files_only {
         let unverified = unrecorded.iter().map(|&s| checkpoint::dir_name(s)).collect();
         return Ok(Report { rows, divergence: None, notes: numerics_notes(&m), unverified });
@@ -525,15 +608,20 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         // The evaluation the manifest records for this checkpoint, and the metrics.jsonl line
         // at its step, against a re-run of the evaluation (deterministic, and cheap), under
         // the eval settings of the session that wrote the checkpoint.
-        if let Some(want) = c.val_loss {
+        // Only where the checkpoint's own config.toml is on disk (checked above) are its eval
+        // settings known; a deleted checkpoint's evaluation is left alone.
+        if let Some(want) = c
+            .val_loss
+            .filter(|_| c.present && layout.checkpoints.join(&c.dir).join(checkpoint::CONFIG_FILE).is_file())
+        {
             let own = layout.checkpoints.join(&c.dir).join(checkpoint::CONFIG_FILE);
-            let ecfg = fs::read_to_string(&own)
-                .ok()
-                .and_then(|t| Config::from_source(&t, &own, &[]).ok())
-                .filter(|e| {
-                    e.train.batch_size == cfg.train.batch_size && e.train.context == cfg.train.context
-                })
-                .unwrap_or_else(|| cfg.clone());
+            let Some(ecfg) =
+                fs::read_to_string(&own).ok().and_then(|t| Config::from_source(&t, &own, &[]).ok()).filter(
+                    |e| e.train.batch_size == cfg.train.batch_size && e.train.context == cfg.train.context,
+                )
+            else {
+                continue;
+            };
             let ev = trainer.evaluate_as(&val_tokens, &tok, &ecfg)?;
             let bits = |x: f64| format!("{x:?}");
             rows.push(Row::new(format!("rerun {} val_loss", c.dir), bits(want), bits(ev.loss)));

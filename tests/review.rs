@@ -428,8 +428,16 @@ fn release_text_is_true_and_its_commands_run_as_printed() {
     assert_eq!(stdout(&o), sample);
     assert!(sample.starts_with(prompt), "the shell changed the prompt: {sample}");
     let card = text(&d.path("rel/README.md"));
-    assert!(card.contains("--prompt 'Tom had $5 and a `cat` and '\\''quotes'\\'''"), "{card}");
+    assert!(card.contains("--prompt='Tom had $5 and a `cat` and '\\''quotes'\\'''"), "{card}");
     assert!(card.contains(&serde_json::to_string(prompt).unwrap()), "the Python literal: {card}");
+    // A prompt that starts with '-' is still a value (`--prompt=...`).
+    let o = std::process::Command::new("sh")
+        .args(["-c", "tinylm sample --checkpoint checkpoints/step-00000020 --prompt=-x --tokens 3 --seed 1"])
+        .env("PATH", &path)
+        .current_dir(d.path("rel"))
+        .output()
+        .unwrap();
+    assert!(o.status.success() && stdout(&o).starts_with("-x"), "{}", stderr(&o));
 
     // R12: 8000 asked for, fewer possible: said at prepare, and stated truly.
     let real = json(&d.path("rel/model/config.json"))["vocab_size"].as_u64().unwrap();
@@ -559,4 +567,112 @@ fn d1_resume_another_runs_checkpoint_into_a_new_directory() {
     let o = d.run(&["train", "--resume", "runs/a/step-00000010", "--run-dir", "runs/new"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(weights(&d.path("runs/new"), 20), weights(&d.path("runs/a"), 20));
+}
+
+/// The second look (a review of the fixes above): names inside state.json and the manifest are
+/// never paths; a foreign checkpoint's data paths are not trusted on resume; a release's model/
+/// and HF files must be the ones its manifest records; audit of a release without a valid
+/// release.json fails; batches refuses a changed config; reconcile never rewrites history; an
+/// unrecorded checkpoint far past the cadence is a mismatch, not a re-execution.
+#[test]
+fn a_second_look_at_untrusted_folders() {
+    let d = Dir::new("second");
+    released(&d, "rel", &[]);
+    let rel = d.path("rel");
+    // A state.json file name that is a path: refused before anything is read or copied.
+    copy_dir(&rel, &d.path("home/crafted"));
+    std::fs::write(d.path("home/crafted/.payload"), b"x").unwrap();
+    let sp = d.path("home/crafted/checkpoints/step-00000015/state.json");
+    let mut st = json(&sp);
+    st["files"]["../../.payload"] = tinylm::util::sha256_hex(b"x").into();
+    std::fs::write(&sp, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    let o = d.run(&["train", "--resume", "home/crafted/checkpoints/step-00000015", "--run-dir", "home/ft"]);
+    assert_clean_error(&o, "is not a checkpoint file");
+    assert!(!d.path(".payload").exists() && !d.path("home/.payload").exists() && !d.path("home/ft").exists());
+    // A foreign checkpoint whose config names a data path outside the working directory.
+    copy_dir(&rel, &d.path("foreign"));
+    let ck = d.path("foreign/checkpoints/step-00000015");
+    let cfg = text(&ck.join("config.toml")).replace("dir = \"data\"", "dir = \"/tmp/elsewhere-tinylm\"");
+    assert!(cfg.contains("/tmp/elsewhere-tinylm"));
+    std::fs::write(ck.join("config.toml"), &cfg).unwrap();
+    let sp = ck.join("state.json");
+    let mut st = json(&sp);
+    st["files"]["config.toml"] = tinylm::util::sha256_hex(cfg.as_bytes()).into();
+    std::fs::write(&sp, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    let o = d.run(&["train", "--resume", "foreign/checkpoints/step-00000015", "--run-dir", "ft2"]);
+    assert_one_line_error(&o, "data.dir");
+    assert!(!d.path("ft2").exists());
+
+    // model/ swapped for an earlier checkpoint (release.json and SHA256SUMS updated to match).
+    copy_dir(&rel, &d.path("swap"));
+    let w = bytes(&d.path("swap/checkpoints/step-00000005/model.safetensors"));
+    std::fs::write(d.path("swap/model/model.safetensors"), &w).unwrap();
+    let rp = d.path("swap/release.json");
+    let mut rj = json(&rp);
+    for c in rj["components"].as_object_mut().unwrap().values_mut() {
+        if let Some(h) = c["files"].get_mut("model/model.safetensors") {
+            *h = tinylm::util::sha256_hex(&w).into();
+        }
+    }
+    std::fs::write(&rp, serde_json::to_vec_pretty(&rj).unwrap()).unwrap();
+    resum(&d.path("swap"));
+    let o = d.run(&["verify", "swap", "--files-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("MISMATCH: model/model.safetensors"), "{}", stdout(&o));
+    let (code, out) = audit(&d, "swap", &["--skip-data-replay"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL run record"), "{out}");
+    // An HF side file changed (rope_theta), hashes regenerated.
+    copy_dir(&rel, &d.path("rope"));
+    let cp = d.path("rope/checkpoints/step-00000010/config.json");
+    let mut c = json(&cp);
+    c["rope_theta"] = 500000.0.into();
+    std::fs::write(&cp, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    resum(&d.path("rope"));
+    let o = d.run(&["verify", "rope", "--files-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("checkpoints/step-00000010/config.json"), "{}", stdout(&o));
+    // No release.json, or one that is not a release record: the audit fails.
+    for rj in [None, Some("{}")] {
+        copy_dir(&rel, &d.path("norj"));
+        match rj {
+            None => std::fs::remove_file(d.path("norj/release.json")).unwrap(),
+            Some(t) => std::fs::write(d.path("norj/release.json"), t).unwrap(),
+        }
+        resum(&d.path("norj"));
+        let (code, out) = audit(&d, "norj", &["--skip-data-replay"]);
+        assert_eq!(code, Some(1), "{rj:?}: {out}");
+        assert!(out.contains("release.json is missing or not a release record"), "{out}");
+        std::fs::remove_dir_all(d.path("norj")).unwrap();
+    }
+    // batches of a config that is not the recorded one.
+    copy_dir(&rel, &d.path("seed"));
+    let p = d.path("seed/run/config.toml");
+    std::fs::write(&p, text(&p).replace("seed = 7", "seed = 8")).unwrap();
+    assert_one_line_error(&d.run(&["batches", "seed", "--step", "1"]), "does not match the run manifest");
+
+    // Reconcile leaves a record that says "deleted" as it is.
+    d.train("runs/r", &["--set", "checkpoint.keep_last=2"]);
+    let before = json(&d.path("runs/r/manifest.json"))["checkpoints"][0].clone();
+    assert_eq!(before["present"], false);
+    copy_dir(&d.path("runs/r/step-00000015"), &d.path("runs/r/step-00000005"));
+    let o = d.run(&[
+        "train",
+        "--resume",
+        "runs/r",
+        "--set",
+        "train.steps=25",
+        "--set",
+        "optim.schedule_steps=20",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("its record says it was deleted"), "{}", stderr(&o));
+    assert_eq!(json(&d.path("runs/r/manifest.json"))["checkpoints"][0], before, "a record was rewritten");
+
+    // An unrecorded checkpoint far past the next cadence step: a mismatch, never re-executed.
+    copy_dir(&d.path("runs/a"), &d.path("runs/far"));
+    copy_dir(&d.path("runs/far/step-00000020"), &d.path("runs/far/step-99999999"));
+    let o = run_bounded(d.cmd(&["verify", "runs/far"]), std::time::Duration::from_secs(300));
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("MISMATCH: step-99999999 (on disk)"), "{}", stdout(&o));
 }

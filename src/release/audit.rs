@@ -213,8 +213,9 @@ fn check_sums(dir: &Path) -> Result<(Vec<String>, Option<usize>)> {
 /// the file exactly as long as its header says): what loading it would accept.
 pub fn safetensors_header(p: &Path) -> std::result::Result<BTreeMap<String, (String, Vec<usize>)>, String> {
     let f = fs::File::open(p).map_err(|e| e.to_string())?;
-    // SAFETY: the map is read only, here, and dropped before returning; a file changed while
-    // it is read gives wrong bytes to the parser (an error), not unsoundness in our code.
+    // SAFETY: the map is only read, here, and dropped before returning. Another process that
+    // truncates the file meanwhile makes the read fault (SIGBUS), as it would for any mmap
+    // reader such as candle's loader; one that rewrites it gives the parser other bytes.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&map).map_err(|e| format!("not valid safetensors: {e}"))?;
@@ -611,8 +612,47 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
         check("card licence", false, "README.md has no `license:` in its front matter".into());
     }
 
-    // tinylm release: replay the data and read the build record.
+    // tinylm release: its files against its run record, the data replay and the build record.
     let mut dirty = false;
+    let is_release = dir.join("run").join(crate::manifest::FILE).is_file();
+    if is_release {
+        let rj_ok = fs::read(dir.join(RELEASE_JSON))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<super::ReleaseRecord>(&b).ok())
+            .is_some();
+        if !rj_ok {
+            integrity.push(format!(
+                "run/manifest.json makes this a tinylm release, but {RELEASE_JSON} is missing or not a release record: its components cannot be checked file by file"
+            ));
+        }
+        let layout = crate::verify::Layout::release(dir);
+        match crate::manifest::Manifest::load(&layout.run) {
+            Ok(m) => {
+                let mut rows = crate::verify::check_files_in(&layout, &m);
+                rows.extend(crate::verify::release_rows(&layout, &m));
+                let bad: Vec<String> = rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.clone()).collect();
+                if bad.is_empty() {
+                    check(
+                        "run record",
+                        true,
+                        format!(
+                            "model/ and {} checkpoint(s) are the files run/manifest.json records",
+                            m.checkpoints.iter().filter(|c| c.present).count()
+                        ),
+                    );
+                } else {
+                    let why = format!(
+                        "not what run/manifest.json records: {}",
+                        bad.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    check("run record", false, why.clone());
+                    invalidate("Model parameters (Final)", why.clone());
+                    invalidate("Model parameters (Intermediate)", why);
+                }
+            }
+            Err(e) => integrity.push(format!("run/manifest.json: {e}")),
+        }
+    }
     if dir.join(RELEASE_JSON).is_file() {
         let rj: Option<super::ReleaseRecord> =
             fs::read(dir.join(RELEASE_JSON)).ok().and_then(|b| serde_json::from_slice(&b).ok());

@@ -48,6 +48,17 @@ pub fn batches(a: &BatchesArgs) -> Result<(Config, Vec<Window>)> {
     let (run, release) = locate(&a.path)?;
     let m = Manifest::load(&run)?;
     let cfg_path = run.join(crate::checkpoint::CONFIG_FILE);
+    let got = crate::util::sha256_file(&cfg_path)?;
+    if got != m.config_sha256 {
+        return Err(Error::hint(
+            format!(
+                "{}: sha256 {got} does not match the run manifest ({})",
+                cfg_path.display(),
+                m.config_sha256
+            ),
+            "the run's config was changed after it ran, so its windows would not be the ones trained on",
+        ));
+    }
     let mut cfg = Config::load(&cfg_path, &[])?;
     if a.step == 0 || a.step > cfg.train.steps {
         return Err(Error::hint(

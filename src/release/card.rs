@@ -237,7 +237,7 @@ print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))
 With tinylm (build it from `source/`: `cargo build --release --locked`):
 
 ```sh
-tinylm sample --checkpoint checkpoints/{last_dir} --prompt {sh_prompt} --seed 1
+tinylm sample --checkpoint checkpoints/{last_dir} --prompt={sh_prompt} --seed 1
 ```
 
 Samples from every checkpoint, with the command that reproduces each: `run/samples/`.

@@ -106,16 +106,16 @@ const MODE: spdx::ParseMode = spdx::ParseMode {
     allow_unknown: true,
 };
 
-/// An expression in postfix order: each licence id as written (an exception after `WITH` is
-/// dropped: it grants more, never less), and the operators joining them.
+/// An expression in postfix order: each licence term as written (`ID`, `ID+`, `ID WITH EXC`),
+/// and the operators joining them.
 #[derive(Debug, Clone, PartialEq)]
-enum Node<'a> {
-    Id(&'a str),
+enum Node {
+    Id(String),
     And,
     Or,
 }
 
-fn nodes(expr: &str) -> Vec<Node<'_>> {
+fn nodes(expr: &str) -> Vec<Node> {
     let expr = expr.trim();
     match spdx::Expression::parse_mode(expr, MODE) {
         Ok(e) => e
@@ -124,26 +124,58 @@ fn nodes(expr: &str) -> Vec<Node<'_>> {
                 spdx::expression::ExprNode::Op(spdx::expression::Operator::And) => Node::And,
                 spdx::expression::ExprNode::Op(spdx::expression::Operator::Or) => Node::Or,
                 spdx::expression::ExprNode::Req(r) => {
-                    let text = expr.get(r.span.start as usize..r.span.end as usize).unwrap_or(expr);
-                    let id = match text.to_ascii_lowercase().find(" with ") {
-                        Some(i) => &text[..i],
-                        None => text,
-                    };
-                    Node::Id(id.trim().trim_end_matches('+'))
+                    let mut text = expr
+                        .get(r.span.start as usize..r.span.end as usize)
+                        .unwrap_or(expr)
+                        .trim()
+                        .to_string();
+                    let or_later = matches!(r.req.license, spdx::LicenseItem::Spdx { or_later: true, .. });
+                    if or_later && !text.ends_with('+') && !text.to_ascii_lowercase().ends_with("-or-later") {
+                        text.push('+');
+                    }
+                    let text = text.as_str();
+                    // The span may or may not cover a `WITH` addition: take it from the parse.
+                    let (base, _) = split_term(text);
+                    if r.req.addition.is_none() || text.len() > base.len() + 1 {
+                        return Node::Id(text.to_string());
+                    }
+                    // The addition as written: the word after `WITH` following the span.
+                    let rest = expr.get(r.span.end as usize..).unwrap_or("").trim_start();
+                    let rest = rest
+                        .get(4..)
+                        .filter(|_| rest.len() >= 4 && rest[..4].eq_ignore_ascii_case("with"))
+                        .unwrap_or("");
+                    let exc: String =
+                        rest.trim_start().chars().take_while(|c| !c.is_whitespace() && *c != ')').collect();
+                    match (exc.is_empty(), &r.req.addition) {
+                        (false, _) => Node::Id(format!("{text} WITH {exc}")),
+                        (true, Some(a)) => Node::Id(format!("{text} WITH {a}")),
+                        (true, None) => Node::Id(text.to_string()),
+                    }
                 }
             })
             .collect(),
         // Not an expression (spaces in a name, stray characters): one opaque id, which no
         // licence matches.
-        Err(_) => vec![Node::Id(expr)],
+        Err(_) => vec![Node::Id(expr.to_string())],
     }
 }
 
-/// The licence ids of an expression, in order, each once.
-pub fn ids(expr: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
+/// A term's licence id (without `+`) and its `WITH` exception, if any.
+fn split_term(term: &str) -> (&str, Option<&str>) {
+    let (base, exc) = match term.to_ascii_lowercase().find(" with ") {
+        Some(i) => (&term[..i], Some(term[i + 6..].trim())),
+        None => (term, None),
+    };
+    (base.trim().trim_end_matches('+'), exc)
+}
+
+/// The licence ids of an expression, in order, each once (exceptions and `+` left off).
+pub fn ids(expr: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
     for n in nodes(expr) {
-        if let Node::Id(id) = n {
+        if let Node::Id(term) = n {
+            let id = split_term(&term).0.to_string();
             if !out.contains(&id) {
                 out.push(id);
             }
@@ -170,7 +202,7 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
     if expr.is_empty() || expr.eq_ignore_ascii_case(UNLICENSED) || expr.eq_ignore_ascii_case("none") {
         return Verdict::Unlicensed;
     }
-    let one = |id: &str| {
+    let base = |id: &str| {
         match find(id) {
             // An SPDX licence tinylm has no entry for, but which the OSI approves or the FSF
             // calls free: an open code licence.
@@ -195,6 +227,17 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
             )),
         }
     };
+    // An SPDX exception (LLVM-exception, Classpath-exception-2.0, ...) only grants more; any
+    // other addition (Commons-Clause, an AdditionRef) may take rights away, so it is not open.
+    let one = |term: &str| {
+        match split_term(term) {
+        (id, None) => base(id),
+        (id, Some(exc)) if spdx::exception_id(exc).is_some() => base(id),
+        (id, Some(exc)) => Verdict::NotOpen(format!(
+            "{id} WITH {exc}: {exc} is not an SPDX licence exception, and an addition may restrict the licence"
+        )),
+    }
+    };
     let rank = |v: &Verdict| match v {
         Verdict::Open => 0,
         Verdict::WrongKind(_) => 1,
@@ -205,7 +248,7 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
     let mut stack: Vec<Verdict> = Vec::new();
     for n in nodes(expr) {
         match n {
-            Node::Id(id) => stack.push(one(id)),
+            Node::Id(term) => stack.push(one(&term)),
             op => {
                 let (Some(b), Some(a)) = (stack.pop(), stack.pop()) else { return Verdict::Unlicensed };
                 let or = op == Node::Or;
@@ -219,7 +262,7 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
 
 /// The known ids in an expression that have a shipped text, in order.
 pub fn texts(expr: &str) -> Vec<&'static License> {
-    ids(expr).into_iter().filter_map(find).filter(|l| l.text().is_some()).collect()
+    ids(expr).iter().filter_map(|id| find(id)).filter(|l| l.text().is_some()).collect()
 }
 
 /// The expression with every id in its canonical spelling and upper-case operators,
@@ -229,11 +272,23 @@ pub fn canonical(expr: &str) -> std::result::Result<String, String> {
     let mut stack: Vec<(String, Option<bool>)> = Vec::new();
     for n in nodes(expr) {
         match n {
-            Node::Id(id) => match find(id) {
-                Some(l) => stack.push((l.id.to_string(), None)),
-                None if id.eq_ignore_ascii_case(UNLICENSED) => stack.push((UNLICENSED.into(), None)),
-                None => return Err(id.to_string()),
-            },
+            Node::Id(term) => {
+                let (id, exc) = split_term(&term);
+                let lower = term.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+                // "Or later" and "only" are part of what the licence says: kept.
+                let suffix =
+                    ["-or-later", "-only", "+"].into_iter().find(|s| lower.ends_with(s)).unwrap_or("");
+                let name = match find(id) {
+                    Some(l) => format!("{}{suffix}", l.id),
+                    None if id.eq_ignore_ascii_case(UNLICENSED) => UNLICENSED.into(),
+                    None => return Err(id.to_string()),
+                };
+                let name = match exc {
+                    Some(e) => format!("{name} WITH {}", spdx::exception_id(e).map(|x| x.name).unwrap_or(e)),
+                    None => name,
+                };
+                stack.push((name, None));
+            }
             op => {
                 let or = op == Node::Or;
                 let (Some(b), Some(a)) = (stack.pop(), stack.pop()) else { return Err(expr.to_string()) };
@@ -289,6 +344,15 @@ mod tests {
         assert_eq!(judge("Zlib", Code), Verdict::Open);
         assert!(matches!(judge("Zlib", Data), Verdict::WrongKind(_)));
         assert_eq!(ids("(MIT OR Apache-2.0) AND MIT"), vec!["MIT", "Apache-2.0"]);
+        // An addition that is not an SPDX exception may restrict the licence; "or later" and
+        // exceptions are kept in the canonical form.
+        assert!(matches!(judge("Apache-2.0 WITH Commons-Clause", Code), Verdict::NotOpen(_)));
+        assert_eq!(canonical("Apache-2.0 WITH Commons-Clause").unwrap(), "Apache-2.0 WITH Commons-Clause");
+        assert_eq!(canonical("apache-2.0 with LLVM-exception").unwrap(), "Apache-2.0 WITH LLVM-exception");
+        assert_eq!(canonical("GPL-3.0-or-later").unwrap(), "GPL-3.0-or-later");
+        assert_eq!(canonical("Apache-2.0+").unwrap(), "Apache-2.0+");
+        assert_eq!(judge("GPL-3.0-or-later", Code), Verdict::Open);
+        assert_eq!(ids("Apache-2.0 WITH LLVM-exception OR MIT+"), vec!["Apache-2.0", "MIT"]);
     }
 
     #[test]

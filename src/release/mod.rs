@@ -264,7 +264,7 @@ fn check_license(flag: &str, expr: &str, allow_unlicensed: bool) -> Result<Strin
         ));
     }
     for part in license::ids(&c) {
-        if license::find(part).and_then(|l| l.text()).is_none() {
+        if license::find(&part).and_then(|l| l.text()).is_none() {
             return Err(Error::hint(
                 format!("{flag} {part}: tinylm ships no text of {part}, and a release must carry the full text of each licence"),
                 format!("pass one of: {}", known_texts.join(", ")),
@@ -531,7 +531,7 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         let seed = cfg.run.seed;
         let e = &cfg.eval;
         let sample_cmd = format!(
-            "tinylm sample --checkpoint checkpoints/step-NNNNNNNN --prompt {} --tokens {} --temperature {} --top-k {} --seed {seed}",
+            "tinylm sample --checkpoint checkpoints/step-NNNNNNNN --prompt={} --tokens {} --temperature {} --top-k {} --seed {seed}",
             crate::run::shell_quote(&e.prompt),
             e.sample_tokens,
             e.temperature,

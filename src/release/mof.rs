@@ -170,13 +170,26 @@ impl Record {
     }
 }
 
-/// Block YAML with double-quoted scalars (serde_json's escaping is valid YAML).
+/// A YAML double-quoted scalar: serde_json's escaping (valid YAML), plus `\uXXXX` for what YAML
+/// does not allow raw or reads back as something else: DEL and the C1 controls (NEL among
+/// them), the line and paragraph separators and the byte-order mark.
+fn yaml_quote(s: &str) -> String {
+    let json = serde_json::to_string(s).unwrap_or_default();
+    json.chars()
+        .map(|c| match c as u32 {
+            0x7f..=0x9f | 0x2028 | 0x2029 | 0xfeff => format!("\\u{:04x}", c as u32),
+            _ => c.to_string(),
+        })
+        .collect()
+}
+
+/// Block YAML with double-quoted scalars.
 fn write_yaml(v: &serde_norway::Value, indent: usize, out: &mut String) {
     use serde_norway::Value as V;
     let pad = " ".repeat(indent);
     let scalar = |v: &V| -> String {
         match v {
-            V::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            V::String(s) => yaml_quote(s),
             V::Bool(b) => b.to_string(),
             V::Number(n) => serde_json::to_string(&n.to_string()).unwrap_or_default(),
             V::Null => "null".into(),
@@ -296,6 +309,24 @@ mod tests {
         assert_eq!(class_met(&no_paper), 2);
         let no_optional = |n: &str| component(n).is_some_and(|c| !c.optional);
         assert_eq!(class_met(&no_optional), 1);
+    }
+
+    #[test]
+    fn quoted_scalars_round_trip_every_character() {
+        for s in [
+            "a: b # c",
+            "- x",
+            "line\nbreak",
+            "tab\there",
+            "del\u{7f}nel\u{85}",
+            "\u{2028}\u{feff}",
+            "\"q\" \\",
+        ] {
+            let y = format!("k: {}\n", yaml_quote(s));
+            let v: serde_norway::Value =
+                serde_norway::from_str(&y).unwrap_or_else(|e| panic!("{s:?}: {e}\n{y}"));
+            assert_eq!(v.get("k").and_then(|x| x.as_str()), Some(s), "{y}");
+        }
     }
 
     #[test]
