@@ -15,18 +15,6 @@ fn trained_release(d: &Dir, out: &str) {
     assert!(o.status.success(), "release failed:\n{}", stderr(&o));
 }
 
-fn audit(d: &Dir, dir: &str, extra: &[&str]) -> (Option<i32>, String) {
-    let mut args = vec!["audit", dir];
-    args.extend_from_slice(extra);
-    let o = d.run(&args);
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    (o.status.code(), stdout(&o) + &stderr(&o))
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&bytes(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 #[test]
 fn release_then_audit_meets_class_one_and_is_deterministic() {
     let d = Dir::new("release");

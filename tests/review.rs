@@ -10,10 +10,6 @@ use util::*;
 
 const DATE: &str = "2026-12-02";
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&bytes(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 fn text(p: &Path) -> String {
     String::from_utf8(bytes(p)).unwrap()
 }
@@ -23,14 +19,6 @@ fn released(d: &Dir, out: &str, sets: &[&str]) {
     d.train("runs/a", sets);
     let o = d.run(&["release", "runs/a", out, "--allow-dirty", "--date", DATE]);
     assert!(o.status.success(), "release failed:\n{}", stderr(&o));
-}
-
-fn audit(d: &Dir, dir: &str, extra: &[&str]) -> (Option<i32>, String) {
-    let mut args = vec!["audit", dir];
-    args.extend_from_slice(extra);
-    let o = d.run(&args);
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    (o.status.code(), stdout(&o) + &stderr(&o))
 }
 
 fn resum(rel: &Path) {

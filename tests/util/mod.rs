@@ -227,3 +227,17 @@ pub fn serve(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::Atomic
     });
     (format!("http://{addr}/corpus/input.txt"), hits)
 }
+
+/// `tinylm audit DIR EXTRA...`: (exit code, stdout + stderr), never a panic.
+pub fn audit(d: &Dir, dir: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["audit", dir];
+    args.extend_from_slice(extra);
+    let o = d.run(&args);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    (o.status.code(), stdout(&o) + &stderr(&o))
+}
+
+/// A JSON file, parsed.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&bytes(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
