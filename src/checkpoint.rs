@@ -33,6 +33,12 @@ pub struct State {
     pub config_sha256: String,
     pub train_loss: f64,
     pub val_loss: Option<f64>,
+    /// Perplexity and bits per byte of that evaluation (absent where there was none, and in
+    /// checkpoints written before they were recorded): what a release publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
     /// SHA-256 of the data it was trained on: corpus, tokenizer, train and val token files.
     pub data: BTreeMap<String, String>,
     /// SHA-256 of every other file in the directory.
@@ -355,6 +361,8 @@ mod tests {
             config_sha256: "x".into(),
             train_loss: 1.0,
             val_loss: None,
+            val_ppl: None,
+            val_bpb: None,
             data: BTreeMap::new(),
             files: BTreeMap::new(),
             numerics: crate::kernels::CONTRACT_VERSION.into(),

@@ -57,6 +57,10 @@ pub struct CheckpointRecord {
     pub files: BTreeMap<String, String>,
     pub train_loss: f64,
     pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
     /// False once retention deleted the directory.
     pub present: bool,
 }

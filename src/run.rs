@@ -105,6 +105,8 @@ pub fn record_of(run: &Path, step: u64) -> Result<CheckpointRecord> {
         files,
         train_loss: state.train_loss,
         val_loss: state.val_loss,
+        val_ppl: state.val_ppl,
+        val_bpb: state.val_bpb,
         present: true,
     })
 }
@@ -257,7 +259,8 @@ impl RunDir {
         keep_every: u64,
     ) -> Result<PathBuf> {
         let step = state.step;
-        let (train_loss, val_loss) = (state.train_loss, state.val_loss);
+        let (train_loss, val_loss, val_ppl, val_bpb) =
+            (state.train_loss, state.val_loss, state.val_ppl, state.val_bpb);
         let (dir, hashes) = checkpoint::write(&self.path, state, files)?;
         m.record(CheckpointRecord {
             step,
@@ -265,6 +268,8 @@ impl RunDir {
             files: hashes,
             train_loss,
             val_loss,
+            val_ppl,
+            val_bpb,
             present: true,
         });
         let steps: Vec<u64> = self.checkpoints()?.into_iter().map(|(s, _)| s).collect();

@@ -598,12 +598,14 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     });
     manifest.save(&rd.path)?;
     let mut metrics = rd.metrics(start)?;
-    let state_for = |step: u64, train_loss: f64, val_loss: Option<f64>, m: &Manifest| State {
+    let state_for = |step: u64, train_loss: f64, ev: Option<EvalResult>, m: &Manifest| State {
         format_version: checkpoint::FORMAT_VERSION,
         step,
         config_sha256: sha256_hex(&config_bytes),
         train_loss,
-        val_loss,
+        val_loss: ev.map(|e| e.loss),
+        val_ppl: ev.map(|e| e.ppl),
+        val_bpb: ev.map(|e| e.bpb),
         files: BTreeMap::new(),
         data: data_hashes(&m.data),
         numerics: crate::kernels::CONTRACT_VERSION.into(),
@@ -654,7 +656,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             "threads": pacer.last_threads(),
         });
         let last = done == steps;
-        let mut val_loss = None;
+        let mut val_ev = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {
             let (ev, text) = eval_and_sample(&mut trainer, &val_tokens, &tok, cfg, done)?;
             log(&format!(
@@ -668,7 +670,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             line["val_ppl"] = ev.ppl.into();
             line["val_bpb"] = ev.bpb.into();
             line["sample"] = text.into();
-            val_loss = Some(ev.loss);
+            val_ev = Some(ev);
             last_val = Some(ev);
         }
         metrics.append(&line)?;
@@ -690,7 +692,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         let interrupted = stop.load(Ordering::SeqCst);
         let due = last || (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0);
         if due || interrupted {
-            let state = state_for(done, st.loss, val_loss, &manifest);
+            let state = state_for(done, st.loss, val_ev, &manifest);
             let files = trainer.files(&config_bytes, &tokenizer_bytes)?;
             let c = &cfg.checkpoint;
             let dir = rd.checkpoint(&mut manifest, state, &files, c.keep_last, c.keep_every)?;

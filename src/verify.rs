@@ -512,6 +512,8 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             files,
             train_loss: state.train_loss,
             val_loss: state.val_loss,
+            val_ppl: state.val_ppl,
+            val_bpb: state.val_bpb,
             present: true,
         });
     }
@@ -625,6 +627,9 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             let ev = trainer.evaluate_as(&val_tokens, &tok, &ecfg)?;
             let bits = |x: f64| format!("{x:?}");
             rows.push(Row::new(format!("rerun {} val_loss", c.dir), bits(want), bits(ev.loss)));
+            if let Some(b) = c.val_bpb {
+                rows.push(Row::new(format!("rerun {} val_bpb", c.dir), bits(b), bits(ev.bpb)));
+            }
             if let Some((l, p, b)) = metrics.get(&c.step) {
                 let show = |l: &Option<f64>, p: &Option<f64>, b: &Option<f64>| {
                     let o = |x: &Option<f64>| x.map(bits).unwrap_or_else(|| "missing".into());

@@ -375,6 +375,18 @@ fn v1_published_evaluations_are_checked_against_the_run() {
     let o = d.run(&["verify", "runs/m"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("MISMATCH: metrics.jsonl step 20 eval"), "{}", stdout(&o));
+    // Only val_bpb changed: the manifest records it too, so release refuses that as well.
+    copy_dir(&d.path("runs/a"), &d.path("runs/b"));
+    let mp = d.path("runs/b/metrics.jsonl");
+    let mut lines: Vec<serde_json::Value> =
+        text(&mp).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.last_mut().unwrap()["val_bpb"] = 0.5.into();
+    std::fs::write(&mp, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    assert_one_line_error(
+        &d.run(&["release", "runs/b", "relb", "--allow-dirty", "--date", DATE]),
+        "disagrees with the manifest",
+    );
+    assert!(m["checkpoints"].as_array().unwrap().last().unwrap()["val_bpb"].as_f64().is_some());
     // The honest run's evaluations re-run to the bit.
     let o = d.run(&["verify", "runs/a"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -389,6 +401,16 @@ fn v1_published_evaluations_are_checked_against_the_run() {
     let (code, out) = audit(&d, "relc", &["--skip-data-replay"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL evaluation"), "{out}");
+    // The card's bits per byte alone edited.
+    copy_dir(&d.path("rel"), &d.path("relbpb"));
+    let bpb = m["checkpoints"].as_array().unwrap().last().unwrap()["val_bpb"].as_f64().unwrap();
+    let edited = card.replacen(&format!("value: {bpb}"), "value: 0.5", 1);
+    assert_ne!(edited, card, "the card's bits per byte is not the manifest's {bpb}");
+    std::fs::write(d.path("relbpb/README.md"), edited).unwrap();
+    resum(&d.path("relbpb"));
+    let (code, out) = audit(&d, "relbpb", &["--skip-data-replay"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("bits per byte"), "{out}");
 }
 
 /// R5, R8, R12: generation_config.json loads for sample_tokens = 0, printed commands are

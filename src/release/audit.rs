@@ -866,6 +866,14 @@ fn eval_claims(dir: &Path) -> std::result::Result<String, String> {
             .and_then(|x| x.get("value")?.as_f64())
     };
     let mut bad = Vec::new();
+    if let (Some(want), got) = (rec.val_bpb, value("bits_per_byte")) {
+        if got.map(f64::to_bits) != Some(want.to_bits()) {
+            bad.push(format!(
+                "the card's bits per byte {got:?} is not the manifest's val_bpb {want} at step {}",
+                rec.step
+            ));
+        }
+    }
     match value("loss") {
         Some(l) if l.to_bits() == loss.to_bits() => {}
         got => bad.push(format!(

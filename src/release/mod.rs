@@ -793,10 +793,12 @@ fn checked_final_eval(run: &Path, m: &Manifest) -> Result<Option<(f64, f64, f64,
     };
     let (l, ppl, bpb) =
         (p.val_loss.unwrap_or(f64::NAN), p.val_ppl.unwrap_or(f64::NAN), p.val_bpb.unwrap_or(f64::NAN));
-    if l.to_bits() != loss.to_bits()
-        || ppl.to_bits() != libm::exp(loss).to_bits()
-        || !(bpb.is_finite() && bpb > 0.0)
-    {
+    // Bits per byte: the manifest records it (runs from before only have metrics.jsonl's).
+    let bpb_ok = match rec.val_bpb {
+        Some(b) => b.to_bits() == bpb.to_bits(),
+        None => bpb.is_finite() && bpb > 0.0,
+    };
+    if l.to_bits() != loss.to_bits() || ppl.to_bits() != libm::exp(loss).to_bits() || !bpb_ok {
         return Err(refuse(format!(
             "the evaluation at step {} (val_loss {l}, val_ppl {ppl}, val_bpb {bpb}) disagrees with the manifest (val_loss {loss}, so perplexity {})",
             rec.step,
