@@ -246,7 +246,7 @@ fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
 #[test]
 fn every_subcommand_has_help() {
     let d = Dir::new("help");
-    for cmd in ["train", "prepare", "sample", "verify"] {
+    for cmd in ["train", "prepare", "sample", "verify", "release", "audit", "eval", "export", "batches"] {
         let o = d.run(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
         assert!(stdout(&o).contains("Usage: tinylm"), "{}", stdout(&o));
