@@ -237,34 +237,101 @@ fn write_yaml(v: &serde_norway::Value, indent: usize, out: &mut String) {
 /// 8b5d30e (`schema/mof_schema.json`), committed beside this file so the check needs no network.
 pub const MOT_SCHEMA: &str = include_str!("mof_schema.json");
 
+/// What Symfony's YAML parser (the Tool's, without flags) reads as something other than a
+/// string when it stands unquoted: null, booleans, numbers, and dates or timestamps (integers).
+fn symfony_non_string(v: &str) -> Option<&'static str> {
+    let lower = v.to_ascii_lowercase();
+    if matches!(lower.as_str(), "" | "~" | "null") {
+        return Some("null");
+    }
+    if matches!(lower.as_str(), "true" | "false") {
+        return Some("a boolean");
+    }
+    let digits =
+        |s: &str, lo: usize, hi: usize| (lo..=hi).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let mut date = v.splitn(3, '-');
+    if let (Some(y), Some(m), Some(rest)) = (date.next(), date.next(), date.next()) {
+        let d_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let after = &rest[d_end..];
+        // A date alone, or a date and a time (`2024-03-20T10:00:00`, `2024-03-20 10:00:00`).
+        let time = after.get(1..).unwrap_or("").trim_start();
+        let hms: Vec<&str> = time.splitn(3, ':').collect();
+        let time_ok = after.is_empty()
+            || (after.starts_with(['T', 't', ' ', '\t'])
+                && hms.len() == 3
+                && digits(hms[0], 1, 2)
+                && digits(hms[1], 2, 2)
+                && hms[2].get(..2).is_some_and(|x| digits(x, 2, 2)));
+        if digits(y, 4, 4) && digits(m, 1, 2) && digits(&rest[..d_end], 1, 2) && time_ok {
+            return Some("an integer timestamp");
+        }
+    }
+    let num = lower.trim_start_matches(['+', '-']);
+    let numeric = num.parse::<f64>().is_ok()
+        || matches!(num, ".inf" | ".nan")
+        || num.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        || num
+            .strip_prefix("0o")
+            .is_some_and(|o| !o.is_empty() && o.bytes().all(|b| (b'0'..=b'7').contains(&b)));
+    numeric.then_some("a number")
+}
+
+/// Plain (unquoted, untagged) mapping values the Tool would not read as the strings its
+/// schema wants, from the YAML parser's own events (saphyr-parser), so block scalars, quoted
+/// strings and keys are told apart from plain values, in block and flow style alike.
+fn plain_non_strings(text: &str) -> std::result::Result<Vec<String>, String> {
+    use saphyr_parser::{Event, Parser, ScalarStyle};
+    // Per open collection: (is a mapping, expects a key next).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = Vec::new();
+    let mut key = String::new();
+    for ev in Parser::new_from_str(text) {
+        let (ev, span) = ev.map_err(|e| e.to_string())?;
+        match ev {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if let Some(top) = stack.last_mut().filter(|t| t.0) {
+                    top.1 = true; // a collection as a value: a key comes next
+                }
+                stack.push((matches!(ev, Event::MappingStart(..)), true));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+            }
+            Event::Scalar(v, style, _, tag) => {
+                let in_map = stack.last().is_some_and(|t| t.0);
+                let is_key = stack.last().is_some_and(|t| t.0 && t.1);
+                if let Some(top) = stack.last_mut().filter(|t| t.0) {
+                    top.1 = !top.1;
+                }
+                if is_key {
+                    key = v.to_string();
+                    continue;
+                }
+                if style == ScalarStyle::Plain && tag.is_none() {
+                    if let Some(what) = symfony_non_string(&v) {
+                        let name = if in_map { key.as_str() } else { "a list item" };
+                        out.push(format!(
+                            "line {}: {name} {v} is not quoted: the Model Openness Tool's YAML parser reads it as {what}, and its schema wants a string",
+                            span.start.line()
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Check a `mof.yml` the way the Model Openness Tool reads it: problems, empty when valid.
 /// - A plain (unquoted) scalar that Symfony's parser would read as a date or a number where
 ///   the schema wants a string is named: the Tool sees an integer timestamp there.
 /// - The parsed document is validated against [`MOT_SCHEMA`] (formats included: `date`).
 pub fn schema_problems(text: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim_start().trim_start_matches("- ");
-        if let Some((key, val)) = l.split_once(": ") {
-            let val = val.split(" #").next().unwrap_or("").trim();
-            let b = val.as_bytes();
-            let date_like = b.len() >= 10
-                && b[..4].iter().all(u8::is_ascii_digit)
-                && b[4] == b'-'
-                && b[5..7].iter().all(u8::is_ascii_digit)
-                && b[7] == b'-'
-                && b[8..10].iter().all(u8::is_ascii_digit);
-            let number_like = !val.is_empty() && val.parse::<f64>().is_ok();
-            if date_like || (number_like && matches!(key.trim(), "version" | "date" | "name")) {
-                problems.push(format!(
-                    "line {}: {} {val} is not quoted: the Model Openness Tool's YAML parser reads it as {}, and its schema wants a string",
-                    i + 1,
-                    key.trim(),
-                    if date_like { "an integer timestamp" } else { "a number" }
-                ));
-            }
-        }
-    }
+    let mut problems = match plain_non_strings(text) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("not YAML: {e}")],
+    };
     let doc: serde_json::Value = match serde_norway::from_str::<serde_norway::Value>(text)
         .map_err(|e| e.to_string())
         .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
@@ -309,6 +376,17 @@ mod tests {
         assert_eq!(class_met(&no_paper), 2);
         let no_optional = |n: &str| component(n).is_some_and(|c| !c.optional);
         assert_eq!(class_met(&no_optional), 1);
+    }
+
+    #[test]
+    fn unquoted_dates_and_numbers_are_found_by_the_parser_not_by_lines() {
+        let y = "a:\n  date: 2024-03-20\n  version: 1.0\n  note: |\n    date: 2024-01-01 in a block\n  ok: \"2024-03-20\"\n  flow: {date: 2024-03-20}\n  text: 2024-03-20 was a day\n  list: [1, \"x\"]\n";
+        let p = plain_non_strings(y).unwrap();
+        let lines: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+        // The block scalar, the quoted date and the sentence are strings; the flow mapping's
+        // date and the list's number are not.
+        assert_eq!(lines, vec!["line 2", "line 3", "line 7", "line 9"], "{p:?}");
+        assert!(p[0].contains("integer timestamp") && p[1].contains("a number"), "{p:?}");
     }
 
     #[test]
