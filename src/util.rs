@@ -65,6 +65,28 @@ pub fn sync_dir(dir: Option<&Path>) {
     }
 }
 
+/// The first entry under `dir` (not following symlinks) that is neither a regular file, a
+/// directory nor a symlink: a FIFO, socket or device, which would block or misbehave when
+/// read. A folder from elsewhere (a release, a run, a model) is checked with this before any
+/// file of it is opened.
+pub fn special_file(dir: &Path) -> Option<PathBuf> {
+    walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten().find_map(|e| {
+        let t = e.file_type();
+        (!t.is_file() && !t.is_dir() && !t.is_symlink()).then(|| e.path().to_path_buf())
+    })
+}
+
+/// As `special_file`, as an error naming the path.
+pub fn refuse_special_files(dir: &Path) -> crate::error::Result<()> {
+    match special_file(dir) {
+        None => Ok(()),
+        Some(p) => Err(crate::error::Error::hint(
+            format!("{} is not a regular file (a FIFO, socket or device)", p.display()),
+            "a model or run folder holds only files and directories; remove it",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

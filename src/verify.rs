@@ -440,6 +440,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             "pass the directory `tinylm train` wrote (e.g. checkpoints/tiny) or a release directory",
         ));
     }
+    crate::util::refuse_special_files(&a.run_dir)?;
     let layout = Layout::detect(&a.run_dir);
     let run_dir = layout.run.clone();
     let _lock = RunDir::open_shared(&run_dir)?;

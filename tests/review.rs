@@ -679,6 +679,16 @@ fn a_second_look_at_untrusted_folders() {
     assert!(stderr(&o).contains("its record says it was deleted"), "{}", stderr(&o));
     assert_eq!(json(&d.path("runs/r/manifest.json"))["checkpoints"][0], before, "a record was rewritten");
 
+    // A FIFO where a file should be: refused at once, never opened (it would block).
+    copy_dir(&rel, &d.path("fifo"));
+    std::fs::remove_file(d.path("fifo/README.md")).unwrap();
+    if std::process::Command::new("mkfifo").arg(d.path("fifo/README.md")).status().is_ok_and(|s| s.success())
+    {
+        let o = run_bounded(d.cmd(&["audit", "fifo"]), std::time::Duration::from_secs(120));
+        assert_clean_error(&o, "is not a regular file");
+        let o = run_bounded(d.cmd(&["verify", "fifo", "--files-only"]), std::time::Duration::from_secs(120));
+        assert_clean_error(&o, "is not a regular file");
+    }
     // An unrecorded checkpoint far past the next cadence step: a mismatch, never re-executed.
     copy_dir(&d.path("runs/a"), &d.path("runs/far"));
     copy_dir(&d.path("runs/far/step-00000020"), &d.path("runs/far/step-99999999"));

@@ -366,6 +366,7 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
             "pass a model directory, e.g. a tinylm release",
         ));
     }
+    crate::util::refuse_special_files(dir)?;
     let mut checks: Vec<Check> = Vec::new();
     let mut check =
         |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
