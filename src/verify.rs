@@ -504,19 +504,11 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     // rather than tolerated.
     let mut extra = Vec::new();
     for s in unrecorded.iter().filter(|&&s| s > start) {
-        let dir = checkpoint::dir_name(*s);
-        let (state, mut files) = run::verified_hashes(&layout.checkpoints.join(&dir))?;
-        files.retain(|n, _| [MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE].contains(&n.as_str()));
-        extra.push(crate::manifest::CheckpointRecord {
-            step: *s,
-            dir,
-            files,
-            train_loss: state.train_loss,
-            val_loss: state.val_loss,
-            val_ppl: state.val_ppl,
-            val_bpb: state.val_bpb,
-            present: true,
-        });
+        // The record a resume would write for it (run::record_of), compared on what a
+        // re-execution recomputes.
+        let mut rec = run::record_of(&layout.checkpoints, *s)?;
+        rec.files.retain(|n, _| [MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE].contains(&n.as_str()));
+        extra.push(rec);
     }
     let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).chain(extra.iter()).collect();
     let last = targets.iter().map(|c| c.step).max().unwrap_or(start);
