@@ -496,13 +496,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// A config taken from someone else's checkpoint (`--resume OTHER/step-N --run-dir NEW`) names
-/// where training reads and downloads its corpus: paths outside the working directory are
-/// refused unless the user names them with --set (as a release's are by verify).
+/// A config taken from another run's checkpoint (`--resume OTHER/step-N --run-dir NEW`) names
+/// where training writes its prepared data and downloads a corpus: such paths outside the
+/// working directory are refused unless the user names them with --set (as a release's are by
+/// verify).
 fn foreign_data_paths(path: &std::path::Path, set: &[String]) -> Result<()> {
     let cfg = Config::load(path, &[])?;
     let given = |key: &str| set.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key));
-    for (key, val) in [("data.path", cfg.data.path.clone()), ("data.dir", Some(cfg.data.dir.clone()))] {
+    // A `file` corpus is only read (and pinned by data.sha256); data.dir, and a `url` corpus's
+    // data.path, are written to.
+    let written_path = if cfg.data.source == "url" { cfg.data.path.clone() } else { None };
+    for (key, val) in [("data.path", written_path), ("data.dir", Some(cfg.data.dir.clone()))] {
         let Some(v) = val else { continue };
         let p = std::path::Path::new(&v);
         let outside = p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir));

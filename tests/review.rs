@@ -577,6 +577,16 @@ fn d1_resume_another_runs_checkpoint_into_a_new_directory() {
     let o = d.run(&["train", "--resume", "runs/a/step-00000010", "--run-dir", "runs/new"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(weights(&d.path("runs/new"), 20), weights(&d.path("runs/a"), 20));
+    // A file corpus named by an absolute path is only read (and pinned): branching one's own
+    // run into a new directory works.
+    let text = tinylm::corpus::generate(3, 120_000);
+    std::fs::write(d.path("mine.txt"), &text).unwrap();
+    let abs = format!("data.path={:?}", d.path("mine.txt").display().to_string());
+    let sha = format!("data.sha256={:?}", tinylm::util::sha256_hex(text.as_bytes()));
+    d.train("runs/f", &["--set", "data.source=\"file\"", "--set", &abs, "--set", &sha]);
+    let o = d.run(&["train", "--resume", "runs/f/step-00000010", "--run-dir", "runs/f2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(weights(&d.path("runs/f2"), 20), weights(&d.path("runs/f"), 20));
 }
 
 /// The second look (a review of the fixes above): names inside state.json and the manifest are

@@ -60,7 +60,10 @@ pub fn hf_license(expr: &str) -> (String, Option<String>) {
     if expr.contains(' ') {
         ("other".into(), Some(expr.to_string()))
     } else {
-        (expr.to_lowercase(), None)
+        // HF's ids drop SPDX's "-only" / "-or-later" / "+" (gpl-3.0, apache-2.0).
+        let l = expr.to_lowercase();
+        let base = l.trim_end_matches('+').trim_end_matches("-or-later").trim_end_matches("-only");
+        (base.to_string(), None)
     }
 }
 

@@ -161,6 +161,11 @@ fn nodes(expr: &str) -> Vec<Node> {
     }
 }
 
+/// An SPDX exception id, matched case-insensitively as SPDX matches identifiers.
+fn exception(name: &str) -> Option<&'static str> {
+    spdx::identifiers::EXCEPTIONS.iter().find(|e| e.name.eq_ignore_ascii_case(name)).map(|e| e.name)
+}
+
 /// A term's licence id (without `+`) and its `WITH` exception, if any.
 fn split_term(term: &str) -> (&str, Option<&str>) {
     let (base, exc) = match term.to_ascii_lowercase().find(" with ") {
@@ -232,7 +237,7 @@ pub fn judge(expr: &str, kind: Kind) -> Verdict {
     let one = |term: &str| {
         match split_term(term) {
         (id, None) => base(id),
-        (id, Some(exc)) if spdx::exception_id(exc).is_some() => base(id),
+        (id, Some(exc)) if exception(exc).is_some() => base(id),
         (id, Some(exc)) => Verdict::NotOpen(format!(
             "{id} WITH {exc}: {exc} is not an SPDX licence exception, and an addition may restrict the licence"
         )),
@@ -284,7 +289,7 @@ pub fn canonical(expr: &str) -> std::result::Result<String, String> {
                     None => return Err(id.to_string()),
                 };
                 let name = match exc {
-                    Some(e) => format!("{name} WITH {}", spdx::exception_id(e).map(|x| x.name).unwrap_or(e)),
+                    Some(e) => format!("{name} WITH {}", exception(e).unwrap_or(e)),
                     None => name,
                 };
                 stack.push((name, None));
@@ -348,7 +353,8 @@ mod tests {
         // exceptions are kept in the canonical form.
         assert!(matches!(judge("Apache-2.0 WITH Commons-Clause", Code), Verdict::NotOpen(_)));
         assert_eq!(canonical("Apache-2.0 WITH Commons-Clause").unwrap(), "Apache-2.0 WITH Commons-Clause");
-        assert_eq!(canonical("apache-2.0 with LLVM-exception").unwrap(), "Apache-2.0 WITH LLVM-exception");
+        assert_eq!(canonical("apache-2.0 with llvm-exception").unwrap(), "Apache-2.0 WITH LLVM-exception");
+        assert_eq!(judge("Apache-2.0 WITH llvm-exception", Code), Verdict::Open);
         assert_eq!(canonical("GPL-3.0-or-later").unwrap(), "GPL-3.0-or-later");
         assert_eq!(canonical("Apache-2.0+").unwrap(), "Apache-2.0+");
         assert_eq!(judge("GPL-3.0-or-later", Code), Verdict::Open);

@@ -421,7 +421,7 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
     for (s, _) in checkpoint::list(run)? {
         if !steps.iter().any(|(x, _)| *x == s) {
             log(&format!(
-                "note: {} is on disk but not recorded in the manifest; it is left out (`tinylm train --resume` records it)",
+                "note: {} is on disk but not a present checkpoint in the manifest; it is left out",
                 checkpoint::dir_name(s)
             ));
         }

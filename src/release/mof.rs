@@ -237,43 +237,28 @@ fn write_yaml(v: &serde_norway::Value, indent: usize, out: &mut String) {
 /// 8b5d30e (`schema/mof_schema.json`), committed beside this file so the check needs no network.
 pub const MOT_SCHEMA: &str = include_str!("mof_schema.json");
 
-/// What Symfony's YAML parser (the Tool's, without flags) reads as something other than a
-/// string when it stands unquoted: null, booleans, numbers, and dates or timestamps (integers).
+/// Where Symfony's YAML parser (the Tool's, without flags) and ours disagree on an unquoted
+/// value: a date or timestamp, which Symfony reads as an integer (the schema wants a string)
+/// and serde_norway as a string. Null, booleans and numbers parse alike in both, so the schema
+/// check that follows judges them.
 fn symfony_non_string(v: &str) -> Option<&'static str> {
-    let lower = v.to_ascii_lowercase();
-    if matches!(lower.as_str(), "" | "~" | "null") {
-        return Some("null");
-    }
-    if matches!(lower.as_str(), "true" | "false") {
-        return Some("a boolean");
-    }
     let digits =
         |s: &str, lo: usize, hi: usize| (lo..=hi).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
     let mut date = v.splitn(3, '-');
-    if let (Some(y), Some(m), Some(rest)) = (date.next(), date.next(), date.next()) {
-        let d_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let after = &rest[d_end..];
-        // A date alone, or a date and a time (`2024-03-20T10:00:00`, `2024-03-20 10:00:00`).
-        let time = after.get(1..).unwrap_or("").trim_start();
-        let hms: Vec<&str> = time.splitn(3, ':').collect();
-        let time_ok = after.is_empty()
-            || (after.starts_with(['T', 't', ' ', '\t'])
-                && hms.len() == 3
-                && digits(hms[0], 1, 2)
-                && digits(hms[1], 2, 2)
-                && hms[2].get(..2).is_some_and(|x| digits(x, 2, 2)));
-        if digits(y, 4, 4) && digits(m, 1, 2) && digits(&rest[..d_end], 1, 2) && time_ok {
-            return Some("an integer timestamp");
-        }
-    }
-    let num = lower.trim_start_matches(['+', '-']);
-    let numeric = num.parse::<f64>().is_ok()
-        || matches!(num, ".inf" | ".nan")
-        || num.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        || num
-            .strip_prefix("0o")
-            .is_some_and(|o| !o.is_empty() && o.bytes().all(|b| (b'0'..=b'7').contains(&b)));
-    numeric.then_some("a number")
+    let (Some(y), Some(m), Some(rest)) = (date.next(), date.next(), date.next()) else { return None };
+    let d_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let after = &rest[d_end..];
+    // A date alone, or a date and a time (`2024-03-20T10:00:00`, `2024-03-20 10:00:00`).
+    let time = after.get(1..).unwrap_or("").trim_start();
+    let hms: Vec<&str> = time.splitn(3, ':').collect();
+    let time_ok = after.is_empty()
+        || (after.starts_with(['T', 't', ' ', '\t'])
+            && hms.len() == 3
+            && digits(hms[0], 1, 2)
+            && digits(hms[1], 2, 2)
+            && hms[2].get(..2).is_some_and(|x| digits(x, 2, 2)));
+    (digits(y, 4, 4) && digits(m, 1, 2) && digits(&rest[..d_end], 1, 2) && time_ok)
+        .then_some("an integer timestamp")
 }
 
 /// Plain (unquoted, untagged) mapping values the Tool would not read as the strings its
@@ -380,13 +365,15 @@ mod tests {
 
     #[test]
     fn unquoted_dates_and_numbers_are_found_by_the_parser_not_by_lines() {
-        let y = "a:\n  date: 2024-03-20\n  version: 1.0\n  note: |\n    date: 2024-01-01 in a block\n  ok: \"2024-03-20\"\n  flow: {date: 2024-03-20}\n  text: 2024-03-20 was a day\n  list: [1, \"x\"]\n";
+        let y = "a:\n  date: 2024-03-20\n  at: 2024-03-20 10:00:00\n  note: |\n    date: 2024-01-01 in a block\n  ok: \"2024-03-20\"\n  flow: {date: 2024-03-20}\n  text: 2024-03-20 was a day\n  path: null\n";
         let p = plain_non_strings(y).unwrap();
         let lines: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
-        // The block scalar, the quoted date and the sentence are strings; the flow mapping's
-        // date and the list's number are not.
-        assert_eq!(lines, vec!["line 2", "line 3", "line 7", "line 9"], "{p:?}");
-        assert!(p[0].contains("integer timestamp") && p[1].contains("a number"), "{p:?}");
+        // The block scalar, the quoted date, the sentence and null (which the schema allows in
+        // places) are not flagged; the dates, timestamp and flow mapping's date are.
+        assert_eq!(lines, vec!["line 2", "line 3", "line 7"], "{p:?}");
+        assert!(p[0].contains("integer timestamp"), "{p:?}");
+        // A number where a string belongs is left to the schema, which parses it alike.
+        assert!(schema_problems("framework:\n  name: \"Model Openness Framework\"\n  version: 1.0\n  date: \"2024-03-20\"\nrelease:\n  name: \"x\"\n  license: {}\n  producer: \"p\"\n  components: []\n").iter().any(|e| e.contains("version")));
     }
 
     #[test]
