@@ -161,10 +161,16 @@ pub struct Replay<'a> {
     pub scratch: &'a Path,
 }
 
+/// A path that is absolute or climbs out with `..`: it names a place outside the folder (or
+/// working directory) it is read against.
+pub fn leaves_folder(p: &Path) -> bool {
+    p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
 /// A release's `data.path` or `data.dir` must be a relative path that stays inside it.
 fn check_inside(key: &str, value: &str, config: &Path) -> Result<()> {
     let p = Path::new(value);
-    let leaves = p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    let leaves = leaves_folder(p);
     if leaves {
         return Err(Error::hint(
             format!(

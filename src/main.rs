@@ -509,7 +509,7 @@ fn foreign_data_paths(path: &std::path::Path, set: &[String]) -> Result<()> {
     for (key, val) in [("data.path", written_path), ("data.dir", Some(cfg.data.dir.clone()))] {
         let Some(v) = val else { continue };
         let p = std::path::Path::new(&v);
-        let outside = p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+        let outside = tinylm::data::leaves_folder(p);
         if outside && !given(key) {
             return Err(Error::hint(
                 format!(
