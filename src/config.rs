@@ -20,6 +20,34 @@ pub struct Config {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
+    /// Start from another model (a fine-tune); absent from a from-scratch run's resolved config.
+    #[serde(skip_serializing_if = "InitConfig::is_unset")]
+    pub init: InitConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitConfig {
+    /// A tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// SHA-256 of that model's model.safetensors (required with `from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// "reset" (a fresh AdamW) or "carry" (a tinylm checkpoint's moments and step).
+    pub optimizer: String,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        Self { from: None, sha256: None, optimizer: "reset".into() }
+    }
+}
+
+impl InitConfig {
+    pub fn is_unset(&self) -> bool {
+        *self == InitConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +257,8 @@ pub fn available_memory() -> f64 {
 }
 
 /// Keys that may be absent (no default value); all strings.
-const OPTIONAL_KEYS: &[&str] = &["data.path", "data.sha256", "data.url"];
+const OPTIONAL_KEYS: &[&str] =
+    &["data.path", "data.sha256", "data.url", "init.from", "init.sha256", "init.optimizer"];
 
 /// Every known `section.key` with the TOML type it takes, derived from the defaults so the
 /// schema can never drift from the structs.
@@ -270,6 +299,25 @@ fn line_of(src: &str, section: &str, key: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The `section.key`s a config file and its overrides name (not the defaults): what `[init]`
+/// may fill from a parent.
+pub fn given_keys(src: &str, overrides: &[String]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    if let Ok(t) = toml::from_str::<toml::Table>(src) {
+        for (s, v) in &t {
+            if let toml::Value::Table(t) = v {
+                out.extend(t.keys().map(|k| format!("{s}.{k}")));
+            }
+        }
+    }
+    for o in overrides {
+        if let Ok((s, k, _)) = parse_override(o) {
+            out.insert(format!("{s}.{k}"));
+        }
+    }
+    out
 }
 
 /// One `--set section.key=value`. The value is read as a TOML value (so `3`, `1e-3`, `true`,
@@ -555,6 +603,25 @@ impl Config {
                 }
             }
         }
+        let i = &self.init;
+        if !["reset", "carry"].contains(&i.optimizer.as_str()) {
+            p.push(("init.optimizer", format!("must be \"reset\" or \"carry\", found {:?}", i.optimizer)));
+        }
+        match (&i.from, &i.sha256) {
+            (None, Some(_)) => p.push(("init.sha256", "is set without init.from".into())),
+            (None, None) if i.optimizer != "reset" => {
+                p.push(("init.optimizer", "is set without init.from".into()))
+            }
+            (Some(f), _) if f.is_empty() || f.contains('\0') => {
+                p.push(("init.from", "must be a non-empty path".into()))
+            }
+            _ => {}
+        }
+        if let Some(h) = &i.sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                p.push(("init.sha256", "must be 64 hex digits".into()));
+            }
+        }
         if let Err(why) = check_name(&self.run.name) {
             p.push(("run.name", why));
         }
@@ -675,7 +742,7 @@ impl Config {
 pub fn is_result_neutral(key: &str) -> bool {
     matches!(
         key,
-        "run.name" | "run.threads" | "data.dir" | "data.path" | "data.url" | "train.log_every"
+        "run.name" | "run.threads" | "data.dir" | "data.path" | "data.url" | "train.log_every" | "init.from"
     ) || key.starts_with("eval.")
         || key.starts_with("checkpoint.")
         // train.steps only says where to stop; the schedule length is compared separately.

@@ -332,21 +332,30 @@ pub fn split_point(text: &str, val_fraction: f64) -> usize {
 /// Run the data and tokenizer steps, reusing earlier results when their inputs are unchanged.
 /// Derived files go under `data_dir` (normally `data.dir`; verify uses a scratch directory).
 /// A downloaded corpus is always cached at `data.path`, or under `data.dir` when that is unset.
-pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prepared> {
+///
+/// `tokenizer` is a given tokenizer.json (a fine-tune's parent's): it is used as is, no
+/// tokenizer is trained, and its hash is part of the cache key.
+pub fn prepare(
+    cfg: &Config,
+    data_dir: &Path,
+    tokenizer: Option<&[u8]>,
+    log: &dyn Fn(&str),
+) -> Result<Prepared> {
     let (text, name) = corpus_text(cfg, data_dir, log)?;
     let corpus_sha = sha256_hex(text.as_bytes());
     // Every input of the tokenizer and token files: the corpus, the split, the vocabulary, our
-    // tokenizer recipe and the `tokenizers` crate that executes it.
-    let key = sha256_hex(
-        format!(
-            "tinylm-prep-v{PREP_FORMAT}\n{corpus_sha}\n{}\n{}\n{}\n{}",
-            cfg.data.val_fraction,
-            cfg.tokenizer.vocab_size,
-            tokenizer::RECIPE,
-            crate::manifest::tokenizers_version()
-        )
-        .as_bytes(),
+    // tokenizer recipe and the `tokenizers` crate that executes it; a given tokenizer's hash.
+    let mut key_src = format!(
+        "tinylm-prep-v{PREP_FORMAT}\n{corpus_sha}\n{}\n{}\n{}\n{}",
+        cfg.data.val_fraction,
+        cfg.tokenizer.vocab_size,
+        tokenizer::RECIPE,
+        crate::manifest::tokenizers_version()
     );
+    if let Some(t) = tokenizer {
+        key_src += &format!("\ngiven-tokenizer {}", sha256_hex(t));
+    }
+    let key = sha256_hex(key_src.as_bytes());
     let dir = data_dir.join(&name).join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
     if let Some(prepared) = reusable(&dir, &corpus_sha)? {
         log(&format!("reusing prepared data in {}", dir.display()));
@@ -379,17 +388,26 @@ pub fn prepare(cfg: &Config, data_dir: &Path, log: &dyn Fn(&str)) -> Result<Prep
             cfg.data.val_fraction
         ));
     }
-    log(&format!(
-        "training BPE tokenizer (vocab {}) on {} bytes",
-        cfg.tokenizer.vocab_size,
-        train_text.len()
-    ));
-    let json = tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)?;
+    let json = match tokenizer {
+        Some(t) => {
+            log("using the parent's tokenizer (init.from); no tokenizer is trained");
+            String::from_utf8(t.to_vec())
+                .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
+        }
+        None => {
+            log(&format!(
+                "training BPE tokenizer (vocab {}) on {} bytes",
+                cfg.tokenizer.vocab_size,
+                train_text.len()
+            ));
+            tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)?
+        }
+    };
     let tok_path = dir.join(TOKENIZER_JSON);
     write_atomic(&tok_path, json.as_bytes())?;
-    let tok = Tok::from_file(&tok_path)?;
+    let tok = if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
     let real_vocab = tok.vocab_size() as u64;
-    if real_vocab < cfg.tokenizer.vocab_size {
+    if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
         log(&format!(
             "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
             cfg.tokenizer.vocab_size

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod gguf;
+pub mod init;
 pub mod kernels;
 pub mod manifest;
 pub mod model;

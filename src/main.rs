@@ -111,6 +111,11 @@ enum Cmd {
         /// Without it verify never touches the network.
         #[arg(long)]
         allow_download: bool,
+        /// The parent model of a fine-tune (a checkpoint, run, release or Hugging Face
+        /// folder), when neither the release's parent/ nor the run's init.from holds it. It
+        /// must be the one the manifest records.
+        #[arg(long, value_name = "DIR")]
+        parent: Option<PathBuf>,
     },
     /// Publish a finished run as a self-contained release: HF model layout, model card, data
     /// card, technical report, every checkpoint, data, source, licences, mof.yml, SHA256SUMS.
@@ -258,11 +263,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(Resume::From(p)) => Some(p.clone()),
                 _ => None,
             };
-            let (cfg, run_dir, cfg_path) = match config {
+            let (cfg, parent, run_dir, cfg_path) = match config {
                 Some(config) => {
-                    let cfg = Config::load(&config, &set)?;
+                    let (cfg, parent) = tinylm::init::load_config(&config, &set)?;
                     let run_dir = run_dir.or(named_run).unwrap_or_else(|| cfg.default_run_dir());
-                    (cfg, run_dir, config)
+                    (cfg, parent, run_dir, config)
                 }
                 None => {
                     let run_dir = run_dir.or_else(|| named_run.clone()).ok_or_else(|| {
@@ -285,7 +290,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if from != run_dir {
                         foreign_data_paths(&path, &set)?;
                     }
-                    (run_config(&from, &set)?, run_dir, path)
+                    let mut cfg = run_config(&from, &set)?;
+                    let parent = tinylm::init::attach(&mut cfg, &path, &set)?;
+                    (cfg, parent, run_dir, path)
                 }
             };
             cfg.check_memory(&cfg_path)?;
@@ -295,7 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             threads::configure(cfg.threads());
             let stop = stop_flag();
-            let args = TrainArgs { cfg, overrides: set, run_dir: run_dir.clone(), resume };
+            let args = TrainArgs { cfg, overrides: set, run_dir: run_dir.clone(), resume, parent };
             match tinylm::train::train(args, &stop)? {
                 Outcome::Finished { step, val } => {
                     eprintln!(
@@ -318,11 +325,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Prepare { config, set } => {
-            let cfg = Config::load(&config, &set)?;
+            let (cfg, parent) = tinylm::init::load_config(&config, &set)?;
             cfg.check_memory(&config)?;
             threads::configure(cfg.threads());
             let say = |s: &str| eprintln!("{s}");
-            let p = tinylm::data::prepare(&cfg, std::path::Path::new(&cfg.data.dir), &say)?;
+            let tokenizer = parent.as_ref().map(|p| p.tokenizer.as_slice());
+            let p = tinylm::data::prepare(&cfg, std::path::Path::new(&cfg.data.dir), tokenizer, &say)?;
             let m = &p.meta;
             println!("prepared {}", p.dir.display());
             println!("corpus    sha256 {} ({} bytes)", m.corpus_sha256, m.corpus_bytes);
@@ -353,6 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads: n,
             corpus,
             allow_download,
+            parent,
         } => {
             let cfg_path = verify::Layout::detect(&run_dir).run.join(tinylm::checkpoint::CONFIG_FILE);
             let n = match n {
@@ -371,6 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     keep_scratch,
                     corpus,
                     allow_download,
+                    parent,
                 },
                 &stop,
             )?;

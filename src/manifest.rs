@@ -79,6 +79,9 @@ pub struct Manifest {
     /// under `abandoned/` (kept, never deleted by tinylm).
     #[serde(default)]
     pub abandoned: Vec<CheckpointRecord>,
+    /// The model the run started from (`[init]`); absent for a run from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::init::ParentRecord>,
 }
 
 impl DataRecord {

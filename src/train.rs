@@ -38,6 +38,8 @@ pub struct TrainArgs {
     pub overrides: Vec<String>,
     pub run_dir: PathBuf,
     pub resume: Option<Resume>,
+    /// The model `[init]` names, loaded and checked (`init::load_config`).
+    pub parent: Option<crate::init::Parent>,
 }
 
 pub enum Outcome {
@@ -305,6 +307,7 @@ impl<'a> Trainer<'a> {
         vocab: usize,
         tokens: &'a [u16],
         from: Option<&checkpoint::Loaded>,
+        parent: Option<&crate::init::Parent>,
     ) -> Result<Self> {
         let dims = Dims::new(&cfg.model, vocab);
         let engine = Engine::new(dims, cfg.train.batch_size as usize, cfg.train.context as usize)?;
@@ -323,10 +326,40 @@ impl<'a> Trainer<'a> {
                 }
                 (layout.flatten(&model.tensors(), "")?, opt, l.state.step)
             }
-            None => {
-                let model = Llama::init(dims, cfg.run.seed)?;
-                (layout.flatten(&model.tensors(), "")?, AdamW::new(layout), 0)
-            }
+            None => match parent {
+                // A fine-tune: the parent's weights, and a fresh optimizer or its carried state.
+                Some(p) => {
+                    let origin = p.dir.display().to_string();
+                    if p.dims != dims {
+                        return Err(Error::msg(format!(
+                            "{origin}: the parent's dimensions {:?} are not the run's {dims:?}",
+                            p.dims
+                        )));
+                    }
+                    let model = Llama::from_tensors(dims, &p.tensors, &origin)?;
+                    let (opt, step) = match &p.optim {
+                        Some((t, _, step)) => {
+                            let opt = AdamW::from_state(layout, t, &origin)?;
+                            if opt.step != *step {
+                                return Err(Error::hint(
+                                    format!(
+                                        "{origin}: optimizer step {} != checkpoint step {step}",
+                                        opt.step
+                                    ),
+                                    "the parent checkpoint is inconsistent; start from another one",
+                                ));
+                            }
+                            (opt, *step)
+                        }
+                        None => (AdamW::new(layout), 0),
+                    };
+                    (layout.flatten(&model.tensors(), "")?, opt, step)
+                }
+                None => {
+                    let model = Llama::init(dims, cfg.run.seed)?;
+                    (layout.flatten(&model.tensors(), "")?, AdamW::new(layout), 0)
+                }
+            },
         };
         let acc = if cfg.train.grad_accum > 1 { vec![0f32; w.len()] } else { Vec::new() };
         Ok(Trainer { cfg, dims, grad: vec![0f32; w.len()], acc, engine, w, opt, step, tokens })
@@ -530,7 +563,12 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         other => other.clone(),
     };
     let old_manifest = if resume.is_some() { old_manifest } else { None };
-    let prepared = data::prepare(cfg, Path::new(&cfg.data.dir), &say)?;
+    if cfg.init.from.is_some() != args.parent.is_some() {
+        return Err(Error::msg("internal: [init] is set but its parent was not loaded"));
+    }
+    let parent = args.parent.as_ref();
+    let prepared =
+        data::prepare(cfg, Path::new(&cfg.data.dir), parent.map(|p| p.tokenizer.as_slice()), &say)?;
     let tok = Tok::from_file(&prepared.tokenizer_path())?;
     let train_tokens = prepared.load_tokens("train")?;
     let val_tokens = prepared.load_tokens("val")?;
@@ -540,10 +578,19 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         Some(r) => Some(load_resume(r, &args.run_dir, cfg, &prepared)?),
         None => None,
     };
-    let mut trainer = Trainer::new(cfg, tok.vocab_size(), &train_tokens, loaded.as_ref())?;
+    let mut trainer = Trainer::new(cfg, tok.vocab_size(), &train_tokens, loaded.as_ref(), parent)?;
     let start = trainer.step;
     if let Some(l) = &loaded {
         say(&format!("resuming from {} at step {start}", l.dir.display()));
+    } else if let Some(p) = parent {
+        say(&format!(
+            "starting from {} ({}, sha256 {}), optimizer {}{}",
+            p.record.path,
+            p.record.kind,
+            &p.record.weights_sha256[..16],
+            p.record.optimizer,
+            if start > 0 { format!(", at the parent's step {start}") } else { String::new() }
+        ));
     }
 
     // 2. The writes. A new directory is created and locked only now.
@@ -565,6 +612,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         sessions: Vec::new(),
         checkpoints: Vec::new(),
         abandoned: Vec::new(),
+        parent: None,
     });
     if let Some(l) = &loaded {
         // A checkpoint from another run directory starts this one: copy it in first, so the
@@ -587,6 +635,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
     }
     manifest.config_sha256 = sha256_hex(&config_bytes);
     manifest.data = data_record;
+    manifest.parent = parent.map(|p| p.record.clone());
     manifest.sessions.push(Session {
         start_step: start,
         threads: cfg.threads(),

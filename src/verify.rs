@@ -35,6 +35,9 @@ pub struct VerifyArgs {
     pub corpus: Option<PathBuf>,
     /// Fetch a `url` corpus that is nowhere here, into the scratch directory only.
     pub allow_download: bool,
+    /// The parent of a fine-tune, when neither the release's `parent/` nor the run's
+    /// `init.from` holds it.
+    pub parent: Option<PathBuf>,
 }
 
 pub struct Row {
@@ -526,8 +529,34 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         scratch: &scratch.dir,
     };
     data::confine(&mut cfg, &cfg_path, &replay, &say)?;
+    // A fine-tune re-executes from its pinned parent (from scratch) and encodes with its
+    // tokenizer; from a checkpoint, only the tokenizer is needed.
+    let parent = match (&m.parent, &loaded) {
+        (Some(rec), None) => {
+            let p = crate::init::for_verify(&cfg, rec, a.parent.as_deref(), layout.release.as_deref())?;
+            rows.push(Row::new(
+                "parent: model.safetensors",
+                rec.weights_sha256.clone(),
+                sha256_hex(&p.weights),
+            ));
+            rows.push(Row::new(
+                "parent: tokenizer.json",
+                rec.tokenizer_sha256.clone(),
+                sha256_hex(&p.tokenizer),
+            ));
+            if let (Some(want), Some((_, b, _))) = (&rec.optimizer_sha256, &p.optim) {
+                rows.push(Row::new("parent: optimizer.safetensors", want.clone(), sha256_hex(b)));
+            }
+            Some(p)
+        }
+        _ => None,
+    };
+    let given_tok = match &parent {
+        Some(p) => Some(p.tokenizer.clone()),
+        None => crate::init::data_tokenizer(&m, &run_dir, layout.release.as_deref())?,
+    };
     let quiet = |_: &str| {};
-    let prepared = data::prepare(&cfg, &scratch.dir.join("data"), &quiet)?;
+    let prepared = data::prepare(&cfg, &scratch.dir.join("data"), given_tok.as_deref(), &quiet)?;
     let (d0, d1) = (&m.data, &prepared.meta);
     for (name, x, y) in [
         ("data: corpus", &d0.corpus_sha256, &d1.corpus_sha256),
@@ -558,7 +587,7 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
 
     // Re-execution: only to the last recorded step, no evals, nothing written; each recorded
     // checkpoint is compared in memory as the step is reached.
-    let mut trainer = Trainer::new(&cfg, tok.vocab_size(), &train_tokens, loaded.as_ref())?;
+    let mut trainer = Trainer::new(&cfg, tok.vocab_size(), &train_tokens, loaded.as_ref(), parent.as_ref())?;
     eprintln!(
         "re-executing {} from step {start} to {last} ({} steps; data rebuilt in {})",
         a.run_dir.display(),

@@ -813,7 +813,10 @@ fn replay_data(dir: &Path) -> std::result::Result<String, String> {
         cfg.data.path = Some(corpus.display().to_string());
         cfg.data.sha256 = Some(m.data.corpus_sha256.clone());
     }
-    let p = crate::data::prepare(&cfg, &tmp.path().join("data"), &|_| {}).map_err(|e| e.to_string())?;
+    let given_tok =
+        crate::init::data_tokenizer(&m, &dir.join("run"), Some(dir)).map_err(|e| e.to_string())?;
+    let p = crate::data::prepare(&cfg, &tmp.path().join("data"), given_tok.as_deref(), &|_| {})
+        .map_err(|e| e.to_string())?;
     let mut bad = Vec::new();
     for (what, got, want) in [
         ("tokenizer.json", &p.meta.tokenizer_sha256, &m.data.tokenizer_sha256),

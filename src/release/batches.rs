@@ -88,7 +88,8 @@ pub fn batches(a: &BatchesArgs) -> Result<(Config, Vec<Window>)> {
         scratch: &scratch,
     };
     crate::data::confine(&mut cfg, &cfg_path, &replay, &|s| eprintln!("{s}"))?;
-    let p = crate::data::prepare(&cfg, &scratch.join("data"), &|_| {})?;
+    let given_tok = crate::init::data_tokenizer(&m, &run, release.as_deref())?;
+    let p = crate::data::prepare(&cfg, &scratch.join("data"), given_tok.as_deref(), &|_| {})?;
     if p.meta.train.sha256 != m.data.train_tokens_sha256 {
         return Err(Error::hint(
             format!(
