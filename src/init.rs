@@ -218,7 +218,7 @@ pub fn load_from(cfg: &Config, path: &Path, given: &str, config_file: &Path) -> 
         let m = crate::manifest::Manifest::load(o)?;
         record.manifest_sha256 = Some(crate::util::sha256_file(&mp)?);
         record.run_name = Some(m.run_name.clone());
-        record.name = m.run_name.clone();
+        record.name = format!("tinylm-{}", m.run_name);
         record.numerics = m.sessions.last().map(|s| s.numerics.clone());
         record.parent = m.parent.clone().map(Box::new);
     }

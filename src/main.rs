@@ -159,6 +159,10 @@ enum Cmd {
         /// cards and release.json).
         #[arg(long)]
         allow_partial: bool,
+        /// A fine-tune's parent (checkpoint, run, release or Hugging Face folder), when the run's
+        /// init.from no longer holds it; it must be the one the manifest records.
+        #[arg(long, value_name = "DIR")]
+        parent: Option<PathBuf>,
     },
     /// Check a model directory (a tinylm release or any HF model folder): hashes, weights vs
     /// config.json, licences, mof.yml, data replay; print the MOF class met.
@@ -178,6 +182,11 @@ enum Cmd {
         /// published list); without it a missing SHA256SUMS fails the audit.
         #[arg(long)]
         no_sums: bool,
+        /// The release of a fine-tune's parent: audited too, and the fine-tune is rated no
+        /// higher than it (without it a tinylm parent caps the class at II, a Hugging Face
+        /// parent at III).
+        #[arg(long, value_name = "DIR")]
+        parent: Option<PathBuf>,
     },
     /// Loss, perplexity and bits per byte of a model on any text, in non-overlapping windows
     /// of its context (each token but a window's first predicted from those before it, as
@@ -414,6 +423,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             date,
             contact,
             allow_partial,
+            parent,
         } => {
             threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let args = tinylm::release::ReleaseArgs {
@@ -430,6 +440,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 date: date.unwrap_or_else(tinylm::release::today),
                 contact,
                 allow_partial,
+                parent,
             };
             let s = tinylm::release::release(&args, &|m| eprintln!("{m}"))?;
             println!(
@@ -447,13 +458,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("check it with: tinylm audit {}", s.out_dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit { dir, json, require, skip_data_replay, no_sums } => {
+        Cmd::Audit { dir, json, require, skip_data_replay, no_sums, parent } => {
             threads::configure(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let a = tinylm::release::audit::audit(&tinylm::release::audit::AuditArgs {
                 dir,
                 require,
                 skip_data_replay,
                 no_sums,
+                parent,
             })?;
             if json {
                 println!(

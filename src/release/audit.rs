@@ -29,6 +29,8 @@ pub struct AuditArgs {
     pub skip_data_replay: bool,
     /// Accept a folder without SHA256SUMS (its files are then not checked against a list).
     pub no_sums: bool,
+    /// The release of a fine-tune's parent, audited in turn (`parent_cap`).
+    pub parent: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -739,12 +741,40 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
         }
     }
 
+    // A fine-tune is rated no higher than what is known of its parent.
+    let cap = match crate::manifest::Manifest::load(&dir.join("run")).ok().and_then(|m| m.parent) {
+        Some(rec) => {
+            for (f, want) in [
+                (crate::checkpoint::MODEL_FILE, &rec.weights_sha256),
+                (crate::checkpoint::TOKENIZER_FILE, &rec.tokenizer_sha256),
+            ] {
+                let p = dir.join("parent").join(f);
+                if let Ok(h) = sha256_file(&p) {
+                    if &h != want {
+                        integrity.push(format!(
+                            "parent/{f}: sha256 {h} is not the parent the manifest records ({want})"
+                        ));
+                    }
+                }
+            }
+            let (cap, why) = parent_cap(&rec, a);
+            checks.push(Check { name: "parent".into(), ok: cap != 0, detail: why });
+            Some(cap)
+        }
+        None => None,
+    };
+    let limit = |c: u8| match cap {
+        Some(0) => 0,
+        Some(k) if c != 0 => c.max(k),
+        _ => c,
+    };
+
     // 4. Verdict.
     let counts = |n: &str| components.iter().any(|c| c.name == n && c.status == Status::Included);
-    let met = mof::class_met(&counts);
+    let met = limit(mof::class_met(&counts));
     let claimed = match (a.require, &record) {
         (Some(c), _) => c,
-        (None, Some(r)) => mof::class_met(&|n| r.release.components.iter().any(|c| c.name == n)),
+        (None, Some(r)) => limit(mof::class_met(&|n| r.release.components.iter().any(|c| c.name == n))),
         (None, None) => 3,
     };
     let progress = [3u8, 2, 1]
@@ -793,6 +823,56 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
         osi,
         passed,
     })
+}
+
+/// The best class a fine-tune's parent allows (1 to 3, 0 for none), and why: what is known of
+/// it. A Hugging Face parent has no data record (III); a tinylm parent is known by its
+/// manifest's hash, and rates as its own release does when `--parent` gives that release
+/// (the same manifest), else at most II, since its data is not in this folder.
+fn parent_cap(rec: &crate::init::ParentRecord, a: &AuditArgs) -> (u8, String) {
+    if !rec.is_tinylm() {
+        return (
+            3,
+            format!(
+                "fine-tuned from {} (sha256 {}), a Hugging Face model with no tinylm record of its data or training: rated at most Class III",
+                rec.name, rec.weights_sha256
+            ),
+        );
+    }
+    let known = format!(
+        "fine-tuned from {} (a tinylm {}, manifest sha256 {})",
+        rec.name,
+        rec.kind,
+        rec.manifest_sha256.as_deref().unwrap_or("unrecorded")
+    );
+    let Some(pdir) = &a.parent else {
+        return (2, format!("{known}; its data is not in this folder, so at most Class II (pass --parent DIR with the parent's release to rate it as that release)"));
+    };
+    let got = sha256_file(&pdir.join("run").join(crate::manifest::FILE)).ok();
+    if got.is_none() || got.as_deref() != rec.manifest_sha256.as_deref() {
+        return (
+            2,
+            format!(
+                "{known}; --parent {} is not its release (run/manifest.json sha256 {}), so at most Class II",
+                pdir.display(),
+                got.as_deref().unwrap_or("absent")
+            ),
+        );
+    }
+    let sub = AuditArgs {
+        dir: pdir.clone(),
+        require: None,
+        skip_data_replay: a.skip_data_replay,
+        no_sums: a.no_sums,
+        parent: None,
+    };
+    match audit(&sub) {
+        Ok(r) if r.passed => {
+            (r.class_met, format!("{known}; its release {} audits as {}", pdir.display(), r.label))
+        }
+        Ok(r) => (0, format!("{known}; its release {} fails its own audit ({})", pdir.display(), r.label)),
+        Err(e) => (0, format!("{known}; its release {} cannot be audited: {e}", pdir.display())),
+    }
 }
 
 /// Re-prepare a release's data from `data/corpus.txt` in a temp directory and compare the

@@ -15,6 +15,8 @@ struct FrontMatter {
     pipeline_tag: &'static str,
     tags: Vec<String>,
     datasets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_model: Option<String>,
     #[serde(rename = "model-index")]
     model_index: Vec<ModelIndex>,
 }
@@ -101,6 +103,45 @@ fn tokens_per_step(f: &Facts) -> u64 {
     t.batch_size * t.context * t.grad_accum
 }
 
+/// A fine-tune's chain of parents, nearest first, each pinned by hash, and where the parent's
+/// files are; empty for a model trained from scratch.
+pub fn lineage(f: &Facts) -> String {
+    let Some(p) = &f.manifest.parent else { return String::new() };
+    let mut rows = String::from("| generation | model | kind | model.safetensors sha256 | tokenizer sha256 | run manifest sha256 |\n| --- | --- | --- | --- | --- | --- |\n");
+    for (i, r) in p.chain().iter().enumerate() {
+        rows += &format!(
+            "| parent{} | `{}` | {}{} | `{}` | `{}` | {} |\n",
+            if i == 0 { String::new() } else { format!(" {}", i + 1) },
+            r.name.replace('|', "\\|"),
+            r.kind,
+            r.step.map(|s| format!(", step {s}")).unwrap_or_default(),
+            r.weights_sha256,
+            r.tokenizer_sha256,
+            r.manifest_sha256
+                .as_deref()
+                .map(|h| format!("`{h}`"))
+                .unwrap_or_else(|| "none (no tinylm record)".into()),
+        );
+    }
+    let shipped = if f.parent_included {
+        "The parent's weights and tokenizer are in [parent/](parent/) (with its optimizer state when \
+         the run carried it), so `tinylm verify .` re-executes the fine-tune from this release alone."
+            .to_string()
+    } else {
+        format!(
+            "The parent is not in this release ({}); get the model with the hash above and pass it to \
+             `tinylm verify . --parent DIR`.",
+            f.parent_excluded_why.as_deref().unwrap_or("not at hand")
+        )
+    };
+    format!(
+        "\n## Lineage\n\nThis model is a fine-tune: training started from `{}` ({}, optimizer {}), not from \
+         a random initialisation, and used its tokenizer unchanged. The chain, nearest first \
+         ([parent/parent.json](parent/parent.json) holds the record):\n\n{rows}\n{shipped}\n",
+        p.name, p.kind, p.optimizer
+    )
+}
+
 fn dirty_banner(f: &Facts) -> String {
     partial_banner(f) + &dirty_only_banner(f)
 }
@@ -158,6 +199,7 @@ pub fn model_card(f: &Facts, class: u8, comps: &[(String, ComponentFiles)]) -> R
             format!("mof-class-{}", ["none", "i", "ii", "iii"][class.min(3) as usize]),
         ],
         datasets: vec![ds.clone()],
+        base_model: m.parent.as_ref().map(|p| p.name.clone()),
         model_index: vec![ModelIndex {
             name: format!("tinylm-{}", m.run_name),
             results: vec![EvalEntry {
@@ -189,11 +231,11 @@ pub fn model_card(f: &Facts, class: u8, comps: &[(String, ComponentFiles)]) -> R
 
 # tinylm-{name}
 
-A {params}-parameter Llama-style language model trained from scratch on CPU by
+A {params}-parameter Llama-style language model {origin} on CPU by
 [tinylm](source/README.md), released with everything needed to rebuild it bit for bit: data,
 code, config, every checkpoint with its optimizer state, and the hashes of all of it.
 Model Openness Framework: **{label}** (check it with `tinylm audit .`).
-{dirty}
+{dirty}{lineage}
 ## Model details
 
 | | |
@@ -277,6 +319,11 @@ Tool record) and [release.json](release.json) (each component's files and hashes
         params = f.num_params,
         label = mof::class_label(class),
         dirty = dirty_banner(f),
+        lineage = lineage(f),
+        origin = match &m.parent {
+            Some(p) => format!("fine-tuned from `{}`", p.name),
+            None => "trained from scratch".into(),
+        },
         layers = c.model.n_layer,
         d = c.model.d_model,
         heads = c.model.n_head,
@@ -636,7 +683,7 @@ pub fn report(f: &Facts, class: u8) -> String {
 This report is also the release's research paper (MOF component *Research paper*): the method is
 the standard Llama recipe, and what is new is that every input, decision and output is recorded
 and can be checked. Model Openness Framework: {label}.
-{dirty}
+{dirty}{lineage}
 ## Method
 
 A decoder-only Llama (RMSNorm, rotary embeddings in the `rotate_half` layout, SwiGLU MLP, no
@@ -693,6 +740,7 @@ The full check retrains and compares every hash: `tinylm verify .` in the releas
         name = m.run_name,
         label = mof::class_label(class),
         dirty = dirty_banner(f),
+        lineage = lineage(f),
         params = f.num_params,
         tps = tokens_per_step(f),
         seen = tokens_per_step(f) * f.final_step,

@@ -62,6 +62,8 @@ pub struct ReleaseArgs {
     pub contact: String,
     /// Release a run whose last checkpoint is before train.steps (marked as partial).
     pub allow_partial: bool,
+    /// A fine-tune's parent, when the run's init.from no longer holds it.
+    pub parent: Option<PathBuf>,
 }
 
 /// `release.json`: what each MOF component is made of, file by file.
@@ -89,6 +91,12 @@ pub struct ReleaseRecord {
     /// The run's `train.steps`: what a finished run would have reached.
     #[serde(default)]
     pub planned_steps: u64,
+    /// The model a fine-tune started from, as the run's manifest records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::init::ParentRecord>,
+    /// Its weights and tokenizer are under `parent/`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parent_included: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +138,9 @@ pub struct Facts {
     /// The final evaluation as the manifest records it (loss) with the metrics.jsonl line
     /// checked against it: (step, loss, ppl, bpb).
     pub final_eval: Option<(f64, f64, f64, f64)>,
+    /// A fine-tune's parent ships under `parent/`; else why not (None for a run from scratch).
+    pub parent_included: bool,
+    pub parent_excluded_why: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +514,35 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         license::Verdict::NotOpen(why) => (false, Some(why)),
     };
 
+    // A fine-tune's parent ships when its licence allows (a tinylm run or checkpoint with no
+    // recorded licence is the publisher's own), so the release rebuilds from itself alone.
+    let (parent_model, parent_excluded_why) = match &m.parent {
+        None => (None, None),
+        Some(rec) => {
+            let verdict = if rec.is_tinylm() && rec.license.is_empty() {
+                license::Verdict::Open
+            } else {
+                license::judge(&rec.license, Kind::Data)
+            };
+            match verdict {
+                license::Verdict::Open | license::Verdict::WrongKind(_) => {
+                    (Some(crate::init::for_verify(&cfg, rec, a.parent.as_deref(), None)?), None)
+                }
+                license::Verdict::Unlicensed => (
+                    None,
+                    Some(format!(
+                        "the parent {} carries no licence known to tinylm, so its weights are not redistributed",
+                        rec.name
+                    )),
+                ),
+                license::Verdict::NotOpen(why) => (
+                    None,
+                    Some(format!("the parent {}'s licence does not allow it here: {why}", rec.name)),
+                ),
+            }
+        }
+    };
+
     let parent = a.out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).at(parent)?;
     let name =
@@ -595,6 +635,20 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         });
         o.put("data/data.json", &hf::pretty(&data_json)?)?;
 
+        // The parent of a fine-tune, and its record.
+        if let Some(p) = &parent_model {
+            o.put(&format!("parent/{MODEL_FILE}"), &p.weights)?;
+            o.put(&format!("parent/{TOKENIZER_FILE}"), &p.tokenizer)?;
+            if let Some((_, b, _)) = &p.optim {
+                o.put(&format!("parent/{}", checkpoint::OPTIM_FILE), b)?;
+            }
+        }
+        if let Some(rec) = &m.parent {
+            let mut j = serde_json::to_string_pretty(rec).map_err(|e| Error::msg(e.to_string()))?;
+            j.push('\n');
+            o.put("parent/parent.json", j.as_bytes())?;
+        }
+
         // The code that trained it.
         let source_included = if a.no_source {
             false
@@ -642,9 +696,17 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             sample_cmd,
             partial,
             final_eval,
+            parent_included: parent_model.is_some(),
+            parent_excluded_why: parent_excluded_why.clone(),
         };
         let comps = components(&facts, &tmp);
         let class = mof::class_met(&|n| comps.iter().any(|(c, _)| c == n));
+        // A fine-tune claims no more than its parent is known to give (audit::parent_cap
+        // without --parent): a tinylm parent II, a Hugging Face one III.
+        let class = match &m.parent {
+            Some(p) if class != 0 => class.max(if p.is_tinylm() { 2 } else { 3 }),
+            _ => class,
+        };
         o.put("README.md", card::model_card(&facts, class, &comps)?.as_bytes())?;
         o.put("DATA_CARD.md", card::data_card(&facts).as_bytes())?;
         o.put("REPORT.md", card::report(&facts, class).as_bytes())?;
@@ -668,7 +730,14 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
                 kind: "language".into(),
                 architecture: "transformer decoder".into(),
                 treatment: "pre-trained".into(),
-                origin: "none (trained from scratch)".into(),
+                // The schema's treatments are pre-trained, instruct and chat fine-tuned: a
+                // fine-tune on more text is continued pre-training; the origin names the parent.
+                origin: match &m.parent {
+                    Some(p) => {
+                        format!("fine-tuned from {} (model.safetensors sha256 {})", p.name, p.weights_sha256)
+                    }
+                    None => "none (trained from scratch)".into(),
+                },
                 producer: "tinylm".into(),
                 contact: a.contact.clone(),
                 license: mof::ReleaseLicenses {
@@ -738,6 +807,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             missing: missing.clone(),
             partial,
             planned_steps: cfg.train.steps,
+            parent: m.parent.clone(),
+            parent_included: parent_model.is_some(),
         };
         let mut rj = serde_json::to_string_pretty(&rec).map_err(|e| Error::msg(e.to_string()))?;
         rj.push('\n');
