@@ -500,7 +500,7 @@ pub fn for_verify(
         (Some(d), _, _) => d.to_path_buf(),
         (None, Some(r), _) => {
             let d = r.join("parent");
-            if !d.is_dir() {
+            if !d.join(MODEL_FILE).is_file() {
                 return Err(Error::hint(
                     format!(
                         "{}: the release ships no parent/, and it is a fine-tune of {} (sha256 {})",
