@@ -531,3 +531,51 @@ pub fn for_verify(
     let wdir = if dir.join(MODEL_FILE).is_file() { dir } else { locate(&dir)?.1 };
     load_shipped(cfg, &wdir, rec)
 }
+
+/// `attach` for a resume. The weights come from the checkpoint resumed, so a parent that is no
+/// longer at `init.from` is not needed: the parent then comes from the record in the manifest
+/// of one of `runs` (the run resumed) with the tokenizer from its checkpoints, checked against
+/// that record, and its dimensions from the run's resolved config.
+pub fn attach_resume(
+    cfg: &mut Config,
+    path: &Path,
+    overrides: &[String],
+    runs: &[&Path],
+) -> Result<Option<Parent>> {
+    let err = match attach(cfg, path, overrides) {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    // The parent of a resumed checkpoint's own run (`--resume RUN/step-N`).
+    let owners: Vec<PathBuf> = runs.iter().filter_map(|r| r.parent().map(PathBuf::from)).collect();
+    let runs: Vec<&Path> = runs.iter().copied().chain(owners.iter().map(PathBuf::as_path)).collect();
+    let pin = cfg.init.sha256.as_deref().map(str::to_lowercase);
+    for run in runs {
+        let Ok(m) = crate::manifest::Manifest::load(run) else { continue };
+        let Some(rec) = m.parent.clone() else { continue };
+        if pin.as_deref() != Some(rec.weights_sha256.as_str()) {
+            continue;
+        }
+        let Ok(Some(tokenizer)) = data_tokenizer(&m, run, None) else { continue };
+        let Ok(rcfg) = Config::load(&run.join(checkpoint::CONFIG_FILE), &[]) else { continue };
+        let dims = Dims::new(&rcfg.model, rcfg.tokenizer.vocab_size as usize);
+        let parent = Parent {
+            record: rec,
+            dims,
+            tensors: BTreeMap::new(),
+            tokenizer,
+            weights: Vec::new(),
+            optim: None,
+            dir: run.to_path_buf(),
+        };
+        let src = fs::read_to_string(path).at(path)?;
+        apply(cfg, &crate::config::given_keys(&src, overrides), &parent, path)?;
+        eprintln!(
+            "note: the parent {} cannot be loaded from init.from; the checkpoint holds the weights, so the run resumes with the parent as {} records it",
+            parent.record.path,
+            run.join(crate::manifest::FILE).display()
+        );
+        return Ok(Some(parent));
+    }
+    Err(err)
+}

@@ -274,8 +274,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (cfg, parent, run_dir, cfg_path) = match config {
                 Some(config) => {
-                    let (cfg, parent) = tinylm::init::load_config(&config, &set)?;
-                    let run_dir = run_dir.or(named_run).unwrap_or_else(|| cfg.default_run_dir());
+                    let mut cfg = Config::load(&config, &set)?;
+                    let run_dir = run_dir.or(named_run.clone()).unwrap_or_else(|| cfg.default_run_dir());
+                    let parent = match &named_run {
+                        Some(n) if resume.is_some() => {
+                            tinylm::init::attach_resume(&mut cfg, &config, &set, &[&run_dir, n])?
+                        }
+                        None if resume.is_some() => {
+                            tinylm::init::attach_resume(&mut cfg, &config, &set, &[&run_dir])?
+                        }
+                        _ => tinylm::init::attach(&mut cfg, &config, &set)?,
+                    };
                     (cfg, parent, run_dir, config)
                 }
                 None => {
@@ -300,7 +309,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         foreign_data_paths(&path, &set)?;
                     }
                     let mut cfg = run_config(&from, &set)?;
-                    let parent = tinylm::init::attach(&mut cfg, &path, &set)?;
+                    let parent = {
+                        let mut runs = vec![run_dir.as_path(), from.as_path()];
+                        runs.extend(named_run.as_deref());
+                        tinylm::init::attach_resume(&mut cfg, &path, &set, &runs)?
+                    };
                     (cfg, parent, run_dir, path)
                 }
             };

@@ -106,6 +106,17 @@ fn finetune_of_a_release_is_pinned_verified_released_and_rated_by_its_parent() {
     std::fs::rename(d.path("rel_a"), d.path("rel_a_moved")).unwrap();
     let o = d.run(&["verify", "rel_b"]);
     assert!(o.status.success(), "{}", stdout(&o) + &stderr(&o));
+    // A checkpoint is the whole future: resuming needs no parent at init.from.
+    let o = d.run(&["train", "--resume", "runs/b/step-00000010", "--run-dir", "runs/b2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        bytes(&d.path("runs/b2/step-00000020/model.safetensors")),
+        bytes(&d.path("runs/b/step-00000020/model.safetensors"))
+    );
+    assert_eq!(json(&d.path("runs/b2/manifest.json"))["parent"], m["parent"]);
+    // The windows of a step replay with the parent's tokenizer.
+    let o = d.run(&["batches", "rel_b", "--step", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 
     // audit: at most Class II without the parent's release, its class with it.
     let (code, out) = audit(&d, "rel_b", &[]);
