@@ -14,7 +14,7 @@ use crate::model::Dims;
 use crate::modeldir::Kind;
 use crate::tokenizer::Tok;
 use crate::util::sha256_hex;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -89,46 +89,17 @@ pub struct Parent {
     pub dir: PathBuf,
 }
 
-fn kind_word(k: Kind) -> &'static str {
-    match k {
-        Kind::Checkpoint => "checkpoint",
-        Kind::Run => "run",
-        Kind::Release => "release",
-        Kind::HuggingFace => "huggingface",
-    }
-}
-
 /// Where the parent's files are: (kind, weights directory, the run record's directory).
 fn locate(path: &Path) -> Result<(Kind, PathBuf, Option<PathBuf>)> {
-    let hint = "init.from takes a tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder (config.json, model.safetensors, tokenizer.json)";
-    if !path.is_dir() {
-        return Err(Error::hint(format!("init.from: {} is not a directory", path.display()), hint));
-    }
-    if path.join(checkpoint::STATE_FILE).is_file() {
-        let owner = path.parent().filter(|o| o.join(crate::manifest::FILE).is_file()).map(PathBuf::from);
-        return Ok((Kind::Checkpoint, path.to_path_buf(), owner));
-    }
-    if path.join(crate::release::RELEASE_JSON).is_file() && path.join("model").join("config.json").is_file() {
-        let run = path.join("run");
-        return Ok((
-            Kind::Release,
-            path.join("model"),
-            run.join(crate::manifest::FILE).is_file().then_some(run),
-        ));
-    }
-    if path.join("config.json").is_file() {
-        return Ok((Kind::HuggingFace, path.to_path_buf(), None));
-    }
-    match checkpoint::list(path)?.pop() {
-        Some((_, dir)) => Ok((Kind::Run, dir, Some(path.to_path_buf()))),
-        None => Err(Error::hint(
-            format!(
-                "init.from: {} holds no model: no state.json, no config.json, no step-NNNNNNNN checkpoint",
-                path.display()
-            ),
-            hint,
-        )),
-    }
+    let (kind, wdir) = crate::modeldir::locate(path, "init.from: ")?;
+    let has_manifest = |d: &Path| d.join(crate::manifest::FILE).is_file();
+    let owner = match kind {
+        Kind::Checkpoint => path.parent().filter(|o| has_manifest(o)).map(PathBuf::from),
+        Kind::Release => Some(path.join("run")).filter(|r| has_manifest(r)),
+        Kind::Run => Some(path.to_path_buf()),
+        Kind::HuggingFace => None,
+    };
+    Ok((kind, wdir, owner))
 }
 
 /// The tokenizer of a parent: byte-level BPE with `<|endoftext|>` (documents are joined with
@@ -195,7 +166,7 @@ pub fn load_from(cfg: &Config, path: &Path, given: &str, config_file: &Path) -> 
     }
     let carry = cfg.init.optimizer == "carry";
     let mut record = ParentRecord {
-        kind: kind_word(kind).into(),
+        kind: kind.word().into(),
         path: given.to_string(),
         weights_sha256: got,
         tokenizer_sha256: String::new(),
@@ -251,12 +222,7 @@ pub fn load_from(cfg: &Config, path: &Path, given: &str, config_file: &Path) -> 
                     )],
                 });
             }
-            let cpath = wdir.join("config.json");
-            let text = fs::read_to_string(&cpath).at(&cpath)?;
-            let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::hint(format!("{}: not JSON: {e}", cpath.display()), "pass a Hugging Face model folder")
-            })?;
-            let (dims, _) = crate::modeldir::hf_dims(&j, &cpath)?;
+            let (j, dims, _) = crate::modeldir::hf_config(&wdir)?;
             if kind == Kind::HuggingFace {
                 if let Some(n) = j.get("_name_or_path").and_then(|v| v.as_str()).filter(|n| !n.is_empty()) {
                     record.name = n.to_string();
@@ -273,15 +239,7 @@ pub fn load_from(cfg: &Config, path: &Path, given: &str, config_file: &Path) -> 
             {
                 record.license = r.licenses.get("weights").cloned().unwrap_or_default();
             }
-            let mut t = checkpoint::from_safetensors(&weights, &wpath)?;
-            for v in t.values_mut() {
-                if v.dtype() != DType::F32 {
-                    *v = v
-                        .to_dtype(DType::F32)
-                        .map_err(|e| Error::msg(format!("{}: {e}", wpath.display())))?;
-                }
-            }
-            (dims, t, None)
+            (dims, crate::modeldir::f32_tensors(&weights, &wpath)?, None)
         }
     };
     let tokenizer = check_tokenizer(&wdir.join(TOKENIZER_FILE), dims.vocab)?;
@@ -324,12 +282,7 @@ pub fn load_shipped(cfg: &Config, dir: &Path, rec: &ParentRecord) -> Result<Pare
     let tok_path = dir.join(TOKENIZER_FILE);
     let tok = Tok::from_file_any(&tok_path)?;
     let dims = Dims::new(&cfg.model, tok.vocab_size());
-    let mut tensors = checkpoint::from_safetensors(&weights, &dir.join(MODEL_FILE))?;
-    for v in tensors.values_mut() {
-        if v.dtype() != DType::F32 {
-            *v = v.to_dtype(DType::F32).map_err(|e| Error::msg(e.to_string()))?;
-        }
-    }
+    let tensors = crate::modeldir::f32_tensors(&weights, &dir.join(MODEL_FILE))?;
     let optim = match (&rec.optimizer_sha256, rec.step) {
         (Some(want), Some(step)) => {
             let bytes = read(OPTIM_FILE)?;

@@ -10,8 +10,9 @@ use crate::checkpoint::{self, MODEL_FILE, TOKENIZER_FILE};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{Dims, Llama};
 use crate::tokenizer::Tok;
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// One word, as the manifest's parent record has it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Checkpoint => "checkpoint",
+            Kind::Run => "run",
+            Kind::Release => "release",
+            Kind::HuggingFace => "huggingface",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Checkpoint => "tinylm checkpoint",
@@ -46,32 +57,39 @@ pub struct Loaded {
     pub context: usize,
 }
 
-/// Load the model at `path`, whatever kind it is.
-pub fn load(path: &Path) -> Result<Loaded> {
+/// Where the model at `path` is: its kind and the directory holding its weights. `what`
+/// begins the errors (e.g. "init.from: ").
+pub fn locate(path: &Path, what: &str) -> Result<(Kind, PathBuf)> {
+    let hint = "pass a tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder (config.json, model.safetensors, tokenizer.json)";
     if !path.is_dir() {
-        return Err(Error::hint(
-            format!("{} is not a directory", path.display()),
-            "pass a tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder",
-        ));
+        return Err(Error::hint(format!("{what}{} is not a directory", path.display()), hint));
     }
     if path.join(checkpoint::STATE_FILE).is_file() {
-        return load_tinylm(path, Kind::Checkpoint);
+        return Ok((Kind::Checkpoint, path.to_path_buf()));
     }
     if path.join(crate::release::RELEASE_JSON).is_file() && path.join("model").join("config.json").is_file() {
-        return load_hf(&path.join("model"), Kind::Release);
+        return Ok((Kind::Release, path.join("model")));
     }
     if path.join("config.json").is_file() {
-        return load_hf(path, Kind::HuggingFace);
+        return Ok((Kind::HuggingFace, path.to_path_buf()));
     }
     match checkpoint::list(path)?.pop() {
-        Some((_, dir)) => load_tinylm(&dir, Kind::Run),
+        Some((_, dir)) => Ok((Kind::Run, dir)),
         None => Err(Error::hint(
             format!(
-                "{} holds no model: no state.json, no config.json, no step-NNNNNNNN checkpoint",
+                "{what}{} holds no model: no state.json, no config.json, no step-NNNNNNNN checkpoint",
                 path.display()
             ),
-            "pass a tinylm checkpoint or run directory, a release, or a Hugging Face Llama folder",
+            hint,
         )),
+    }
+}
+
+/// Load the model at `path`, whatever kind it is.
+pub fn load(path: &Path) -> Result<Loaded> {
+    match locate(path, "")? {
+        (kind @ (Kind::Checkpoint | Kind::Run), dir) => load_tinylm(&dir, kind),
+        (kind, dir) => load_hf(&dir, kind),
     }
 }
 
@@ -154,13 +172,31 @@ pub fn hf_dims(cfg: &Value, file: &Path) -> Result<(Dims, usize)> {
     Ok((dims, context))
 }
 
-fn load_hf(dir: &Path, kind: Kind) -> Result<Loaded> {
+/// An HF folder's `config.json`, parsed, with its dimensions and context (`hf_dims`).
+pub fn hf_config(dir: &Path) -> Result<(Value, Dims, usize)> {
     let cfg_path = dir.join("config.json");
     let text = fs::read_to_string(&cfg_path).at(&cfg_path)?;
     let cfg: Value = serde_json::from_str(&text).map_err(|e| {
         Error::hint(format!("{}: not JSON: {e}", cfg_path.display()), "pass a Hugging Face model folder")
     })?;
     let (dims, context) = hf_dims(&cfg, &cfg_path)?;
+    Ok((cfg, dims, context))
+}
+
+/// The tensors of a safetensors file's bytes read from `path`, each in f32 (an HF folder may
+/// hold f16 or bf16).
+pub fn f32_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let mut tensors = checkpoint::from_safetensors(bytes, path)?;
+    for t in tensors.values_mut() {
+        if t.dtype() != DType::F32 {
+            *t = t.to_dtype(DType::F32).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(tensors)
+}
+
+fn load_hf(dir: &Path, kind: Kind) -> Result<Loaded> {
+    let (_, dims, context) = hf_config(dir)?;
     let wpath = dir.join(MODEL_FILE);
     if !wpath.is_file() {
         return Err(Error::hint(
@@ -169,12 +205,7 @@ fn load_hf(dir: &Path, kind: Kind) -> Result<Loaded> {
         ));
     }
     let bytes = fs::read(&wpath).at(&wpath)?;
-    let mut tensors = checkpoint::from_safetensors(&bytes, &wpath)?;
-    for t in tensors.values_mut() {
-        if t.dtype() != DType::F32 {
-            *t = t.to_dtype(DType::F32).map_err(|e| Error::msg(format!("{}: {e}", wpath.display())))?;
-        }
-    }
+    let tensors = f32_tensors(&bytes, &wpath)?;
     let model = Llama::from_tensors(dims, &tensors, &wpath.display().to_string())?;
     let tok = Tok::from_file_any(&dir.join(TOKENIZER_FILE))?;
     if tok.vocab_size() > dims.vocab {

@@ -825,14 +825,25 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
     })
 }
 
+/// The best class a parent allows on its record alone (no release of it at hand): III for a
+/// Hugging Face model (no data record), II for a tinylm one (its data is elsewhere).
+pub fn known_cap(rec: &crate::init::ParentRecord) -> u8 {
+    if rec.is_tinylm() {
+        2
+    } else {
+        3
+    }
+}
+
 /// The best class a fine-tune's parent allows (1 to 3, 0 for none), and why: what is known of
 /// it. A Hugging Face parent has no data record (III); a tinylm parent is known by its
 /// manifest's hash, and rates as its own release does when `--parent` gives that release
 /// (the same manifest), else at most II, since its data is not in this folder.
 fn parent_cap(rec: &crate::init::ParentRecord, a: &AuditArgs) -> (u8, String) {
+    let cap = known_cap(rec);
     if !rec.is_tinylm() {
         return (
-            3,
+            cap,
             format!(
                 "fine-tuned from {} (sha256 {}), a Hugging Face model with no tinylm record of its data or training: rated at most Class III",
                 rec.name, rec.weights_sha256
@@ -846,12 +857,12 @@ fn parent_cap(rec: &crate::init::ParentRecord, a: &AuditArgs) -> (u8, String) {
         rec.manifest_sha256.as_deref().unwrap_or("unrecorded")
     );
     let Some(pdir) = &a.parent else {
-        return (2, format!("{known}; its data is not in this folder, so at most Class II (pass --parent DIR with the parent's release to rate it as that release)"));
+        return (cap, format!("{known}; its data is not in this folder, so at most Class II (pass --parent DIR with the parent's release to rate it as that release)"));
     };
     let got = sha256_file(&pdir.join("run").join(crate::manifest::FILE)).ok();
     if got.is_none() || got.as_deref() != rec.manifest_sha256.as_deref() {
         return (
-            2,
+            cap,
             format!(
                 "{known}; --parent {} is not its release (run/manifest.json sha256 {}), so at most Class II",
                 pdir.display(),

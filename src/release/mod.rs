@@ -701,10 +701,9 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         };
         let comps = components(&facts, &tmp);
         let class = mof::class_met(&|n| comps.iter().any(|(c, _)| c == n));
-        // A fine-tune claims no more than its parent is known to give (audit::parent_cap
-        // without --parent): a tinylm parent II, a Hugging Face one III.
+        // A fine-tune claims no more than its parent is known to give (audit without --parent).
         let class = match &m.parent {
-            Some(p) if class != 0 => class.max(if p.is_tinylm() { 2 } else { 3 }),
+            Some(p) if class != 0 => class.max(audit::known_cap(p)),
             _ => class,
         };
         o.put("README.md", card::model_card(&facts, class, &comps)?.as_bytes())?;
