@@ -228,7 +228,7 @@ fn manifest_records_inputs_outputs_and_build_with_sha256sum_hashes() {
     assert_eq!(m["config_sha256"], sum("runs/a/config.toml"));
     // Each session records the numerics contract and the kernel path, and verify names them.
     assert_eq!(s["numerics"], "tinylm-numerics-v1");
-    assert!(s["kernels"].as_str().is_some_and(|k| ["avx2-fma", "neon", "scalar"].contains(&k)));
+    assert!(s["kernels"].as_str().is_some_and(|k| ["avx512", "avx2-fma", "neon", "scalar"].contains(&k)));
     let o = d.run(&["verify", "runs/a", "--files-only"]);
     assert!(stdout(&o).contains("numerics: the run recorded tinylm-numerics-v1 ("), "{}", stdout(&o));
     // A checkpoint computed under another contract is not resumed as if it were this one.

@@ -395,16 +395,48 @@ fn pack_a(a: MatRef, r0: usize, h: usize, k0: usize, kc: usize, tile: &mut [f32]
 /// The caller guarantees that every one of those addresses is in bounds.
 type Micro = unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut f32, usize, bool);
 
+/// A microkernel over two adjacent panels: `micro2(kc, a, ars, acs, b0, b1, c, ldc, load)`
+/// computes the 6 x 32 tile at `c` as `Micro` would its two 6 x 16 halves, with columns 0..16
+/// from the packed `[k][16]` panel at `b0` and columns 16..32 from the one at `b1`: each C[r][j]
+/// is the same fma chain, 16 lanes of one register doing what 8 lanes of two did.
+type Micro2 = unsafe fn(usize, *const f32, usize, usize, *const f32, *const f32, *mut f32, usize, bool);
+
 /// The microkernels of a path: one for a packed `[k][6]` A tile (ars = 1, acs = 6, which it
 /// may assume), one for A read in place with any strides; both take a packed `[k][16]` B panel.
-fn kernels_of(path: Path) -> (Micro, Micro) {
-    match path {
+/// A path with `pair` kernels (AVX-512) runs them on panels two at a time, and the single ones
+/// on an odd last panel.
+struct Kernels {
+    packed: Micro,
+    strided: Micro,
+    pair: Option<(Micro2, Micro2)>,
+}
+
+/// The k-block length of a path's kernels: a pair of panels is twice as wide, so its k-blocks
+/// are half as long and a pair block (KC2 x 32 floats) fits in L1 like a single panel block.
+/// A fixed constant per path, and only the schedule: the chain is carried through C.
+const KC2: usize = 128;
+fn kc_of(kern: &Kernels) -> usize {
+    if kern.pair.is_some() {
+        KC2
+    } else {
+        KC
+    }
+}
+
+fn kernels_of(path: Path) -> Kernels {
+    let (packed, strided): (Micro, Micro) = match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => (micro_avx2_packed, micro_avx2_strided),
+        Path::Avx2 | Path::Avx512 => (micro_avx2_packed, micro_avx2_strided),
         #[cfg(target_arch = "aarch64")]
         Path::Neon => (micro_neon, micro_neon),
         _ => (micro_scalar, micro_scalar),
-    }
+    };
+    let pair: Option<(Micro2, Micro2)> = match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => Some((micro_avx512_packed, micro_avx512_strided)),
+        _ => None,
+    };
+    Kernels { packed, strided, pair }
 }
 
 /// A is packed only when a task has more than this many panels to reuse it; with fewer (the
@@ -433,17 +465,17 @@ unsafe fn block(
     abuf: &mut Vec<f32>,
 ) {
     let (n, k) = (bp.n, bp.k);
-    let (packed, strided) = kernels_of(path);
+    let kern = kernels_of(path);
     let in_place = p1 - p0 <= INPLACE_MAX_PANELS;
     let tiles = t1 - t0;
-    let need = tiles * KC.min(k) * MR;
+    let need = tiles * kc_of(&kern).min(k) * MR;
     if abuf.len() < need {
         abuf.resize(need, 0.0);
     }
-    let mut edge = [0f32; MR * NR];
+    let mut edge = [0f32; MR * 2 * NR];
     let mut k0 = 0;
     while k0 < k {
-        let kc = KC.min(k - k0);
+        let kc = kc_of(&kern).min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
         if in_place {
@@ -454,31 +486,48 @@ unsafe fn block(
         } else {
             pack_a_block(a, m, t0, t1, k0, kc, abuf);
         }
-        for p in p0..p1 {
+        let mut p = p0;
+        while p < p1 {
+            // Two panels at once where the path has pair kernels and two are left.
+            let pair = kern.pair.filter(|_| p + 1 < p1);
+            let np = if pair.is_some() { 2 } else { 1 };
             let j0 = p * NR;
-            let w = NR.min(n - j0);
-            let bpanel = bp.panel(p, k0);
+            let w = (np * NR).min(n - j0);
+            let (b0, b1) = (bp.panel(p, k0), if np == 2 { bp.panel(p + 1, k0) } else { std::ptr::null() });
             for t in t0..t1 {
                 let i0 = t * MR;
                 let h = MR.min(m - i0);
-                let (micro, ap, ars, acs) = if in_place && h == MR {
-                    (strided, a.data[i0 * a.rs + k0 * a.cs..].as_ptr(), a.rs, a.cs)
+                let strided = in_place && h == MR;
+                let (ap, ars, acs) = if strided {
+                    (a.data[i0 * a.rs + k0 * a.cs..].as_ptr(), a.rs, a.cs)
                 } else {
-                    (packed, abuf[(t - t0) * kc * MR..].as_ptr(), 1, MR)
+                    (abuf[(t - t0) * kc * MR..].as_ptr(), 1, MR)
                 };
-                if h == MR && w == NR {
-                    micro(kc, ap, ars, acs, bpanel, NR, c.0.add(i0 * n + j0), n, load);
-                } else {
-                    let c0 = c.0.add(i0 * n + j0);
-                    for r in 0..h {
-                        std::ptr::copy_nonoverlapping(c0.add(r * n), edge[r * NR..].as_mut_ptr(), w);
+                let call = |c: *mut f32, ldc: usize| match pair {
+                    Some((packed2, strided2)) => {
+                        let micro2 = if strided { strided2 } else { packed2 };
+                        micro2(kc, ap, ars, acs, b0, b1, c, ldc, load)
                     }
-                    micro(kc, ap, ars, acs, bpanel, NR, edge.as_mut_ptr(), NR, load);
+                    None => {
+                        let micro = if strided { kern.strided } else { kern.packed };
+                        micro(kc, ap, ars, acs, b0, NR, c, ldc, load)
+                    }
+                };
+                let c0 = c.0.add(i0 * n + j0);
+                if h == MR && w == np * NR {
+                    call(c0, n);
+                } else {
+                    let ldc = np * NR;
                     for r in 0..h {
-                        std::ptr::copy_nonoverlapping(edge[r * NR..].as_ptr(), c0.add(r * n), w);
+                        std::ptr::copy_nonoverlapping(c0.add(r * n), edge[r * ldc..].as_mut_ptr(), w);
+                    }
+                    call(edge.as_mut_ptr(), ldc);
+                    for r in 0..h {
+                        std::ptr::copy_nonoverlapping(edge[r * ldc..].as_ptr(), c0.add(r * n), w);
                     }
                 }
             }
+            p += np;
         }
         k0 += kc;
     }
@@ -661,6 +710,137 @@ unsafe fn micro_avx2_strided(
         bk = bk.add(NR);
     }
     avx2_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+}
+
+/// One k step of an AVX-512 microkernel: B[k][0..16] from `$b0` and B[k][16..32] from `$b1`,
+/// then for each row r, (lo, hi)[r] = fma(A[r][k] (read at `$a[r]`), B[k], (lo, hi)[r]).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_step {
+    ($b0:expr, $b1:expr, [$($a:expr),*], [$(($lo:ident, $hi:ident)),*]) => {{
+        let x0 = _mm512_loadu_ps($b0);
+        let x1 = _mm512_loadu_ps($b1);
+        $(
+            let x = _mm512_set1_ps(*$a);
+            $lo = _mm512_fmadd_ps(x, x0, $lo);
+            $hi = _mm512_fmadd_ps(x, x1, $hi);
+        )*
+    }};
+}
+
+/// The 6 x 32 C tile of an AVX-512 microkernel as 12 accumulators: C's values when `load`,
+/// else +0.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_load_tile {
+    ($c:expr, $ldc:expr, $load:expr) => {{
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        if $load {
+            for (r, ar) in acc.iter_mut().enumerate() {
+                ar[0] = _mm512_loadu_ps($c.add(r * $ldc));
+                ar[1] = _mm512_loadu_ps($c.add(r * $ldc + NR));
+            }
+        }
+        acc
+    }};
+}
+
+/// Store the 12 accumulators of an AVX-512 microkernel into the C tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_store_tile {
+    ($c:expr, $ldc:expr, $out:expr) => {
+        for (r, or) in $out.iter().enumerate() {
+            _mm512_storeu_ps($c.add(r * $ldc), or[0]);
+            _mm512_storeu_ps($c.add(r * $ldc + NR), or[1]);
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+/// The AVX-512 pair microkernel (`Micro2`) for a packed A tile (`[k][6]`, `ars` and `acs`
+/// implied): 12 zmm accumulators, four k steps per loop iteration (the same fma steps in the
+/// same order as one at a time).
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_packed(
+    kc: usize,
+    a: *const f32,
+    _ars: usize,
+    _acs: usize,
+    b0: *const f32,
+    b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx512_load_tile!(c, ldc, load);
+    // Declared before `step!` so that the macro's `b0` and `b1` are these moving pointers.
+    let (mut ak, mut b0, mut b1) = (a, b0, b1);
+    macro_rules! step {
+        ($ak:expr, $off:expr) => {{
+            let ak = $ak;
+            avx512_step!(
+                b0.add($off),
+                b1.add($off),
+                [ak, ak.add(1), ak.add(2), ak.add(3), ak.add(4), ak.add(5)],
+                [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)]
+            );
+        }};
+    }
+    for _ in 0..kc / 4 {
+        step!(ak, 0);
+        step!(ak.add(MR), NR);
+        step!(ak.add(2 * MR), 2 * NR);
+        step!(ak.add(3 * MR), 3 * NR);
+        ak = ak.add(4 * MR);
+        b0 = b0.add(4 * NR);
+        b1 = b1.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step!(ak, 0);
+        ak = ak.add(MR);
+        b0 = b0.add(NR);
+        b1 = b1.add(NR);
+    }
+    avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+/// The AVX-512 pair microkernel (`Micro2`) for A read in place (any `ars`, `acs`): the same fma
+/// steps in the same order as `micro_avx512_packed`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_strided(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b0: *const f32,
+    b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx512_load_tile!(c, ldc, load);
+    let mut rows = [a, a.add(ars), a.add(2 * ars), a.add(3 * ars), a.add(4 * ars), a.add(5 * ars)];
+    let (mut b0, mut b1) = (b0, b1);
+    for _ in 0..kc {
+        let [a0, a1, a2, a3, a4, a5] = rows;
+        avx512_step!(
+            b0,
+            b1,
+            [a0, a1, a2, a3, a4, a5],
+            [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)]
+        );
+        for r in rows.iter_mut() {
+            *r = r.add(acs);
+        }
+        b0 = b0.add(NR);
+        b1 = b1.add(NR);
+    }
+    avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
 }
 
 #[cfg(target_arch = "aarch64")]

@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 pub const CONTRACT_VERSION: &str = "tinylm-numerics-v1";
 
 /// The environment variable that forces a dispatch path: `auto` (default), `scalar`, `avx2`,
-/// `neon`.
+/// `avx512`, `neon`.
 pub const ENV: &str = "TINYLM_KERNELS";
 
 /// An implementation of the matmul microkernel. Every path computes the same bits.
@@ -39,6 +39,8 @@ pub enum Path {
     Scalar,
     /// x86_64 AVX2 + FMA: 6 x 16 tile of C in ymm registers.
     Avx2,
+    /// x86_64 AVX-512F: 6 x 32 tile of C in zmm registers (two 16-column panels at once).
+    Avx512,
     /// aarch64 NEON: `vfmaq_f32`, 6 x 16 tile of C.
     Neon,
 }
@@ -48,6 +50,7 @@ impl Path {
         match self {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2-fma",
+            Path::Avx512 => "avx512",
             Path::Neon => "neon",
         }
     }
@@ -57,6 +60,10 @@ impl Path {
             Path::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            // Its odd last panels run the AVX2 microkernel, so it needs AVX2 and FMA too (every
+            // AVX-512 CPU has them).
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => is_x86_feature_detected!("avx512f") && Path::Avx2.available(),
             #[cfg(target_arch = "aarch64")]
             Path::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
@@ -66,7 +73,7 @@ impl Path {
 
     /// Every path this machine can run, fastest last.
     pub fn all_available() -> Vec<Path> {
-        [Path::Scalar, Path::Avx2, Path::Neon].into_iter().filter(|p| p.available()).collect()
+        [Path::Scalar, Path::Avx2, Path::Avx512, Path::Neon].into_iter().filter(|p| p.available()).collect()
     }
 
     fn best() -> Path {
@@ -80,11 +87,12 @@ pub fn choose(value: Option<&str>) -> Result<Path> {
         None | Some("") | Some("auto") => return Ok(Path::best()),
         Some("scalar") => Path::Scalar,
         Some("avx2") | Some("avx2-fma") => Path::Avx2,
+        Some("avx512") => Path::Avx512,
         Some("neon") => Path::Neon,
         Some(other) => {
             return Err(Error::hint(
                 format!("{ENV}={other:?} is not a kernel path"),
-                format!("use one of auto, scalar, avx2, neon (this CPU has: {})", names()),
+                format!("use one of auto, scalar, avx2, avx512, neon (this CPU has: {})", names()),
             ))
         }
     };
@@ -123,9 +131,10 @@ pub fn path() -> Path {
 }
 
 /// `wide! { fn name(args) -> R { body } }` defines `name`, which runs `body` compiled for AVX2
-/// (without FMA) when the AVX2 path is in use, else as built. For the element-wise loops: wider
-/// vectors run the same IEEE operations per lane, and Rust never contracts `a * b + c` into an
-/// fma, so the bits are the same either way (the golden test runs both paths).
+/// when the AVX2 path is in use, for AVX-512F (16 lanes) on the AVX-512 path, else as built.
+/// For the element-wise loops: wider vectors run the same IEEE operations per lane, and Rust
+/// never contracts `a * b + c` into an fma (whatever the target features allow), so the bits
+/// are the same either way (the golden test runs every path).
 macro_rules! wide {
     ($(#[$doc:meta])* fn $name:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -140,9 +149,16 @@ macro_rules! wide {
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
             #[cfg(target_arch = "x86_64")]
-            if $crate::kernels::path() == $crate::kernels::Path::Avx2 {
-                // SAFETY: the Avx2 path is only chosen when the CPU has AVX2 (`Path::available`).
-                return unsafe { avx2($($arg),*) };
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            match $crate::kernels::path() {
+                // SAFETY: a path is only chosen when the CPU has its features (`Path::available`).
+                $crate::kernels::Path::Avx2 => return unsafe { avx2($($arg),*) },
+                // SAFETY: as above.
+                $crate::kernels::Path::Avx512 => return unsafe { avx512($($arg),*) },
+                _ => {}
             }
             body($($arg),*)
         }
@@ -150,7 +166,7 @@ macro_rules! wide {
 }
 pub(crate) use wide;
 
-/// The dispatch path name, for the manifest: "avx2-fma", "neon" or "scalar".
+/// The dispatch path name, for the manifest: "avx512", "avx2-fma", "neon" or "scalar".
 pub fn dispatch_path() -> &'static str {
     path().name()
 }
@@ -166,7 +182,7 @@ mod tests {
         assert_eq!(choose(Some("auto")).unwrap(), Path::best());
         let e = choose(Some("sse9")).unwrap_err().to_string();
         assert!(e.contains("TINYLM_KERNELS") && e.contains("sse9"), "{e}");
-        for p in [Path::Avx2, Path::Neon] {
+        for p in [Path::Avx2, Path::Avx512, Path::Neon] {
             assert_eq!(choose(Some(p.name())).is_ok(), p.available());
         }
     }
