@@ -401,6 +401,11 @@ type Micro = unsafe fn(usize, *const f32, usize, usize, *const f32, usize, *mut 
 /// is the same fma chain, 16 lanes of one register doing what 8 lanes of two did.
 type Micro2 = unsafe fn(usize, *const f32, usize, usize, *const f32, *const f32, *mut f32, usize, bool);
 
+/// A microkernel over two packed A tiles and two panels: `micro4(kc, a0, a1, b0, b1, c, ldc,
+/// load)` computes the 12 x 32 tile at `c` as `Micro2` would its two 6 x 32 halves, rows 0..6
+/// from the packed `[k][6]` tile at `a0` and rows 6..12 from the one at `a1`.
+type Micro4 = unsafe fn(usize, *const f32, *const f32, *const f32, *const f32, *mut f32, usize, bool);
+
 /// The microkernels of a path: one for a packed `[k][6]` A tile (ars = 1, acs = 6, which it
 /// may assume), one for A read in place with any strides; both take a packed `[k][16]` B panel.
 /// A path with `pair` kernels (AVX-512) runs them on panels two at a time, and the single ones
@@ -409,6 +414,7 @@ struct Kernels {
     packed: Micro,
     strided: Micro,
     pair: Option<(Micro2, Micro2)>,
+    quad: Option<Micro4>,
 }
 
 /// The k-block length of a path's kernels: a pair of panels is twice as wide, so its k-blocks
@@ -436,7 +442,12 @@ fn kernels_of(path: Path) -> Kernels {
         Path::Avx512 => Some((micro_avx512_packed, micro_avx512_strided)),
         _ => None,
     };
-    Kernels { packed, strided, pair }
+    let quad: Option<Micro4> = match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => Some(micro_avx512_packed12),
+        _ => None,
+    };
+    Kernels { packed, strided, pair, quad }
 }
 
 /// A is packed only when a task has more than this many panels to reuse it; with fewer (the
@@ -494,8 +505,18 @@ unsafe fn block(
             let j0 = p * NR;
             let w = (np * NR).min(n - j0);
             let (b0, b1) = (bp.panel(p, k0), if np == 2 { bp.panel(p + 1, k0) } else { std::ptr::null() });
-            for t in t0..t1 {
+            let mut t = t0;
+            while t < t1 {
                 let i0 = t * MR;
+                // Two full packed tiles at once where the path has a 12 x 32 kernel.
+                if let Some(quad) = kern.quad.filter(|_| !in_place && np == 2 && w == 2 * NR && t + 2 <= t1) {
+                    if m - i0 >= 2 * MR {
+                        let a0 = abuf[(t - t0) * kc * MR..].as_ptr();
+                        quad(kc, a0, a0.add(kc * MR), b0, b1, c.0.add(i0 * n + j0), n, load);
+                        t += 2;
+                        continue;
+                    }
+                }
                 let h = MR.min(m - i0);
                 let strided = in_place && h == MR;
                 let (ap, ars, acs) = if strided {
@@ -526,6 +547,7 @@ unsafe fn block(
                         std::ptr::copy_nonoverlapping(edge[r * ldc..].as_ptr(), c0.add(r * n), w);
                     }
                 }
+                t += 1;
             }
             p += np;
         }
@@ -803,6 +825,82 @@ unsafe fn micro_avx512_packed(
         b1 = b1.add(NR);
     }
     avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+/// The AVX-512 12 x 32 microkernel (`Micro4`) for two packed A tiles: 24 zmm accumulators, so
+/// each B load feeds 12 fmas (twice the 6 x 32 kernel's reuse); two k steps per loop
+/// iteration, the same fma steps in the same order as one at a time.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_packed12(
+    kc: usize,
+    a0: *const f32,
+    a1: *const f32,
+    b0: *const f32,
+    b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx512_load_tile!(c, ldc, load);
+    let c6 = c.add(MR * ldc);
+    let [[mut c60, mut c61], [mut c70, mut c71], [mut c80, mut c81], [mut c90, mut c91], [mut ca0, mut ca1], [mut cb0, mut cb1]] =
+        avx512_load_tile!(c6, ldc, load);
+    // Declared before `step!` so that the macro's pointers are these moving ones.
+    let (mut p0, mut p1, mut q0, mut q1) = (a0, a1, b0, b1);
+    macro_rules! step {
+        ($off:expr) => {{
+            let (x, y) = (p0.add($off * MR), p1.add($off * MR));
+            avx512_step!(
+                q0.add($off * NR),
+                q1.add($off * NR),
+                [
+                    x,
+                    x.add(1),
+                    x.add(2),
+                    x.add(3),
+                    x.add(4),
+                    x.add(5),
+                    y,
+                    y.add(1),
+                    y.add(2),
+                    y.add(3),
+                    y.add(4),
+                    y.add(5)
+                ],
+                [
+                    (c00, c01),
+                    (c10, c11),
+                    (c20, c21),
+                    (c30, c31),
+                    (c40, c41),
+                    (c50, c51),
+                    (c60, c61),
+                    (c70, c71),
+                    (c80, c81),
+                    (c90, c91),
+                    (ca0, ca1),
+                    (cb0, cb1)
+                ]
+            );
+        }};
+    }
+    for _ in 0..kc / 2 {
+        step!(0);
+        step!(1);
+        p0 = p0.add(2 * MR);
+        p1 = p1.add(2 * MR);
+        q0 = q0.add(2 * NR);
+        q1 = q1.add(2 * NR);
+    }
+    if kc % 2 == 1 {
+        step!(0);
+    }
+    avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+    avx512_store_tile!(c6, ldc, [[c60, c61], [c70, c71], [c80, c81], [c90, c91], [ca0, ca1], [cb0, cb1]]);
 }
 
 #[cfg(target_arch = "x86_64")]
