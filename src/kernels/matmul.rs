@@ -415,39 +415,33 @@ struct Kernels {
     strided: Micro,
     pair: Option<(Micro2, Micro2)>,
     quad: Option<Micro4>,
+    /// The k-block length.
+    kc: usize,
 }
 
-/// The k-block length of a path's kernels: a pair of panels is twice as wide, so its k-blocks
+/// The k-block length of the pair kernels: a pair of panels is twice as wide, so its k-blocks
 /// are half as long and a pair block (KC2 x 32 floats) fits in L1 like a single panel block.
 /// A fixed constant per path, and only the schedule: the chain is carried through C.
 const KC2: usize = 128;
-fn kc_of(kern: &Kernels) -> usize {
-    if kern.pair.is_some() {
-        KC2
-    } else {
-        KC
-    }
-}
 
 fn kernels_of(path: Path) -> Kernels {
-    let (packed, strided): (Micro, Micro) = match path {
+    match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 | Path::Avx512 => (micro_avx2_packed, micro_avx2_strided),
+        Path::Avx2 => {
+            Kernels { packed: micro_avx2_packed, strided: micro_avx2_strided, pair: None, quad: None, kc: KC }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => Kernels {
+            packed: micro_avx2_packed,
+            strided: micro_avx2_strided,
+            pair: Some((micro_avx512_packed, micro_avx512_strided)),
+            quad: Some(micro_avx512_packed12),
+            kc: KC2,
+        },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => (micro_neon, micro_neon),
-        _ => (micro_scalar, micro_scalar),
-    };
-    let pair: Option<(Micro2, Micro2)> = match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => Some((micro_avx512_packed, micro_avx512_strided)),
-        _ => None,
-    };
-    let quad: Option<Micro4> = match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => Some(micro_avx512_packed12),
-        _ => None,
-    };
-    Kernels { packed, strided, pair, quad }
+        Path::Neon => Kernels { packed: micro_neon, strided: micro_neon, pair: None, quad: None, kc: KC },
+        _ => Kernels { packed: micro_scalar, strided: micro_scalar, pair: None, quad: None, kc: KC },
+    }
 }
 
 /// A is packed only when a task has more than this many panels to reuse it; with fewer (the
@@ -479,14 +473,14 @@ unsafe fn block(
     let kern = kernels_of(path);
     let in_place = p1 - p0 <= INPLACE_MAX_PANELS;
     let tiles = t1 - t0;
-    let need = tiles * kc_of(&kern).min(k) * MR;
+    let need = tiles * kern.kc.min(k) * MR;
     if abuf.len() < need {
         abuf.resize(need, 0.0);
     }
     let mut edge = [0f32; MR * 2 * NR];
     let mut k0 = 0;
     while k0 < k {
-        let kc = kc_of(&kern).min(k - k0);
+        let kc = kern.kc.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
         if in_place {
@@ -509,13 +503,12 @@ unsafe fn block(
             while t < t1 {
                 let i0 = t * MR;
                 // Two full packed tiles at once where the path has a 12 x 32 kernel.
-                if let Some(quad) = kern.quad.filter(|_| !in_place && np == 2 && w == 2 * NR && t + 2 <= t1) {
-                    if m - i0 >= 2 * MR {
-                        let a0 = abuf[(t - t0) * kc * MR..].as_ptr();
-                        quad(kc, a0, a0.add(kc * MR), b0, b1, c.0.add(i0 * n + j0), n, load);
-                        t += 2;
-                        continue;
-                    }
+                let two_tiles = t + 2 <= t1 && m - i0 >= 2 * MR;
+                if let Some(quad) = kern.quad.filter(|_| !in_place && np == 2 && w == 2 * NR && two_tiles) {
+                    let a0 = abuf[(t - t0) * kc * MR..].as_ptr();
+                    quad(kc, a0, a0.add(kc * MR), b0, b1, c.0.add(i0 * n + j0), n, load);
+                    t += 2;
+                    continue;
                 }
                 let h = MR.min(m - i0);
                 let strided = in_place && h == MR;
