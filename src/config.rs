@@ -64,7 +64,8 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// "builtin" (generated stories), "file" (data.path) or "url" (data.url cached at data.path).
+    /// "builtin" (generated stories), "file" (data.path), "url" (data.url cached at data.path)
+    /// or "files" (data.paths: files, directories and globs; see docs/data.md).
     pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -72,6 +73,12 @@ pub struct DataConfig {
     pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The files source's entries: files, directories (walked recursively) and globs, relative
+    /// to the working directory, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// The field of a JSONL line, or the column of a Parquet file, that holds the text.
+    pub text_field: String,
     /// Where prepared data (corpus cache, tokenizer, token files) lives.
     pub dir: String,
     /// The last `val_fraction` of the corpus (cut at a line start) is the validation split.
@@ -80,6 +87,11 @@ pub struct DataConfig {
     pub builtin_seed: u64,
     /// Size of the built-in corpus in bytes (whole stories, at least this many bytes).
     pub builtin_bytes: u64,
+    /// The directory `data.paths` are read against when it is not the working directory: a
+    /// release's or `--corpus` folder in a replay, which also confines the files to it. Never
+    /// in a config file.
+    #[serde(skip)]
+    pub base: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +170,9 @@ pub struct CheckpointConfig {
     pub keep_every: u64,
 }
 
+/// The largest vocabulary: ids past 65,536 are stored as u32 (`tokens`).
+pub const MAX_VOCAB: u64 = 1 << 20;
+
 impl Default for RunConfig {
     fn default() -> Self {
         Self { name: "tiny".into(), seed: 1337, threads: 0 }
@@ -170,10 +185,13 @@ impl Default for DataConfig {
             path: None,
             sha256: None,
             url: None,
+            paths: Vec::new(),
+            text_field: "text".into(),
             dir: "data".into(),
             val_fraction: 0.1,
             builtin_seed: 0,
             builtin_bytes: 3_000_000,
+            base: None,
         }
     }
 }
@@ -275,6 +293,8 @@ fn schema() -> BTreeMap<String, &'static str> {
     for k in OPTIONAL_KEYS {
         out.insert((*k).to_string(), "string");
     }
+    // Absent by default (empty), so not in the defaults' table.
+    out.insert("data.paths".to_string(), "array");
     out
 }
 
@@ -547,10 +567,10 @@ impl Config {
         let t = self.eval.temperature;
         float("eval.temperature", t, t >= 0.0, "a finite number >= 0 (0 is greedy)");
         let v = self.tokenizer.vocab_size;
-        if !(258..=65535).contains(&v) {
+        if !(258..=MAX_VOCAB).contains(&v) {
             p.push((
                 "tokenizer.vocab_size",
-                format!("{v} is out of range 258..=65535 (256 bytes + <|endoftext|> + merges)"),
+                format!("{v} is out of range 258..={MAX_VOCAB} (256 bytes + <|endoftext|> + merges)"),
             ));
         }
         match d.source.as_str() {
@@ -582,9 +602,21 @@ impl Config {
                     p.push(("data.sha256", "is required when data.source = \"url\"".into()));
                 }
             }
-            other => {
-                p.push(("data.source", format!("must be \"builtin\", \"file\" or \"url\", found {other:?}")))
+            "files" => {
+                if d.paths.is_empty() {
+                    p.push(("data.paths", "is required when data.source = \"files\" (files, directories or globs)".into()));
+                }
+                if d.paths.iter().any(|x| x.is_empty() || x.contains('\0')) {
+                    p.push(("data.paths", "must hold non-empty paths".into()));
+                }
+                if d.text_field.is_empty() {
+                    p.push(("data.text_field", "must name a JSONL field or Parquet column".into()));
+                }
             }
+            other => p.push((
+                "data.source",
+                format!("must be \"builtin\", \"file\", \"url\" or \"files\", found {other:?}"),
+            )),
         }
         if let Some(h) = &d.sha256 {
             if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {

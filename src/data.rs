@@ -9,17 +9,26 @@
 //! changed input lands in a new directory and unchanged inputs reuse the files, after their
 //! hashes are checked against meta.json.
 //!
-//! The split: the last `val_fraction` of the corpus bytes is validation, with the cut moved
-//! forward to the next line start. Token ids are u16 little-endian.
+//! A `files` source (`data.paths`: files, directories, globs; see `sources`) is streamed: it
+//! lands in `files-<pin>/tok-v<vocab>-<key>/`, beside a copy of its listing (`files.sha256`).
+//!
+//! The split of a one-file source: the last `val_fraction` of the corpus bytes is validation,
+//! with the cut moved forward to the next line start. The split of a files source: whole
+//! documents, each by a hash of (listing path, index in its file) (`sources::val_key`), so it
+//! depends on neither thread count nor file system. Token ids are little-endian u16 while the
+//! vocabulary fits 65,536, u32 above (`tokens`).
 
 use crate::config::Config;
 use crate::corpus;
 use crate::error::{Error, IoContext, Result};
 use crate::rng;
+use crate::sources;
 use crate::tokenizer::{self, Tok};
+use crate::tokens::{self, Dtype, Tokens};
 use crate::util::{sha256_file, sha256_hex, temp_sibling, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::fs;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +64,66 @@ pub struct Meta {
     pub dtype: String,
     pub train: SplitMeta,
     pub val: SplitMeta,
+    /// A files source: every file, in listing order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
+}
+
+/// One file of a files source, as prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The listing path (`sources::list`).
+    pub path: String,
+    /// Size and SHA-256 as stored (compressed files: of the compressed bytes).
+    pub bytes: u64,
+    pub sha256: String,
+    pub documents: u64,
+    pub val_documents: u64,
+    /// Tokens it contributed to each split, each document's closing `<|endoftext|>` included.
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+}
+
+/// What a run's manifest records of its data: the corpus pin, the tokenizer and the token
+/// files, and for a files source every file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub source: String,
+    pub corpus_sha256: String,
+    pub corpus_bytes: u64,
+    pub tokenizer_sha256: String,
+    pub train_tokens_sha256: String,
+    pub val_tokens_sha256: String,
+    pub train_tokens: u64,
+    pub val_tokens: u64,
+    #[serde(default = "u16le", skip_serializing_if = "is_u16le")]
+    pub token_dtype: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
+}
+
+fn u16le() -> String {
+    "u16le".into()
+}
+fn is_u16le(s: &str) -> bool {
+    s == "u16le"
+}
+
+impl DataRecord {
+    pub fn from_meta(source: &str, m: &Meta) -> DataRecord {
+        DataRecord {
+            source: source.to_string(),
+            corpus_sha256: m.corpus_sha256.clone(),
+            corpus_bytes: m.corpus_bytes,
+            tokenizer_sha256: m.tokenizer_sha256.clone(),
+            train_tokens_sha256: m.train.sha256.clone(),
+            val_tokens_sha256: m.val.sha256.clone(),
+            train_tokens: m.train.tokens,
+            val_tokens: m.val.tokens,
+            token_dtype: m.dtype.clone(),
+            files: m.files.clone(),
+        }
+    }
 }
 
 /// Prepared data, ready to train on.
@@ -70,10 +139,10 @@ impl Prepared {
     pub fn split_path(&self, split: &str) -> PathBuf {
         split_file(&self.dir, split)
     }
-    pub fn load_tokens(&self, split: &str) -> Result<Vec<u16>> {
+    /// The ids of a split, memory-mapped.
+    pub fn load_tokens(&self, split: &str) -> Result<Tokens> {
         let p = self.split_path(split);
-        let bytes = fs::read(&p).at(&p)?;
-        Ok(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        Tokens::open(&p, Dtype::parse(&self.meta.dtype, &self.dir.join("meta.json"))?)
     }
 }
 
@@ -341,6 +410,9 @@ pub fn prepare(
     tokenizer: Option<&[u8]>,
     log: &dyn Fn(&str),
 ) -> Result<Prepared> {
+    if cfg.data.source == "files" {
+        return prepare_files(cfg, data_dir, tokenizer, log);
+    }
     let (text, name) = corpus_text(cfg, data_dir, log)?;
     let corpus_sha = sha256_hex(text.as_bytes());
     // Every input of the tokenizer and token files: the corpus, the split, the vocabulary, our
@@ -350,7 +422,7 @@ pub fn prepare(
         cfg.data.val_fraction,
         cfg.tokenizer.vocab_size,
         tokenizer::RECIPE,
-        crate::manifest::tokenizers_version()
+        tokenizer::tokenizers_version()
     );
     if let Some(t) = tokenizer {
         key_src += &format!("\ngiven-tokenizer {}", sha256_hex(t));
@@ -414,16 +486,14 @@ pub fn prepare(
         ));
     }
 
+    let dtype = Dtype::for_vocab(real_vocab);
     let write_split = |split: &str, part: &str| -> Result<SplitMeta> {
         let ids = tok.encode(part)?;
-        let mut bytes = Vec::with_capacity(ids.len() * 2);
-        for id in &ids {
-            let id = u16::try_from(*id).map_err(|_| Error::msg("token id does not fit u16"))?;
-            bytes.extend_from_slice(&id.to_le_bytes());
-        }
-        write_atomic(&split_file(&dir, split), &bytes)?;
-        log(&format!("{split}: {} bytes -> {} tokens", part.len(), ids.len()));
-        Ok(SplitMeta { tokens: ids.len() as u64, bytes: part.len() as u64, sha256: sha256_hex(&bytes) })
+        let mut w = tokens::Writer::create(&split_file(&dir, split), dtype)?;
+        w.push(&ids)?;
+        let (n, sha256) = w.finish()?;
+        log(&format!("{split}: {} bytes -> {n} tokens", part.len()));
+        Ok(SplitMeta { tokens: n, bytes: part.len() as u64, sha256 })
     };
     let train = write_split("train", train_text)?;
     let val = write_split("val", val_text)?;
@@ -435,17 +505,353 @@ pub fn prepare(
         vocab_size: cfg.tokenizer.vocab_size,
         tokenizer_vocab_size: real_vocab,
         tokenizer_recipe: tokenizer::RECIPE.into(),
-        tokenizers_version: crate::manifest::tokenizers_version(),
+        tokenizers_version: tokenizer::tokenizers_version(),
         tokenizer_sha256: sha256_hex(json.as_bytes()),
-        dtype: "u16le".into(),
+        dtype: dtype.name().into(),
         train,
         val,
+        files: Vec::new(),
     };
     let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| Error::msg(e.to_string()))?;
     // meta.json goes last: its presence with matching hashes is what marks the files complete.
     write_atomic(&dir.join("meta.json"), meta_json.as_bytes())?;
     Ok(Prepared { dir, meta })
 }
+
+/// A document on its way from the reader thread: its file, whether it is validation, its text.
+struct Doc {
+    file: usize,
+    val: bool,
+    text: String,
+}
+
+/// Read the documents of `files` in order on a thread of their own, sending those `keep`
+/// accepts in batches of about `batch_bytes`, while `consume` (on this thread) takes the
+/// batches. Each file is hashed again on the way and must still match `scans`.
+fn stream_docs<T>(
+    files: &[sources::Listed],
+    scans: &[sources::Scan],
+    field: &str,
+    batch_bytes: usize,
+    keep: &(dyn Fn(usize, u64) -> Option<bool> + Sync),
+    consume: impl FnOnce(&mut (dyn Iterator<Item = Vec<Doc>> + Send)) -> Result<T>,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Doc>>(4);
+    std::thread::scope(|sc| {
+        let producer = sc.spawn(move || -> Result<()> {
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for (fi, l) in files.iter().enumerate() {
+                let scan = sources::read_docs(l, field, &mut |di, text| {
+                    if let Some(val) = keep(fi, di) {
+                        size += text.len();
+                        batch.push(Doc { file: fi, val, text: text.to_string() });
+                        if size >= batch_bytes {
+                            size = 0;
+                            // A closed channel: the consumer stopped (its error is reported).
+                            tx.send(std::mem::take(&mut batch)).map_err(|_| Error::msg("stopped"))?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                if scan.sha256 != scans[fi].sha256 {
+                    return Err(Error::hint(
+                        format!("{} changed while it was being prepared", l.path),
+                        "leave the corpus files alone while tinylm prepares them, then run again",
+                    ));
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            Ok(())
+        });
+        let mut it = rx.into_iter();
+        let out = consume(&mut it);
+        drop(it);
+        let produced = producer.join().map_err(|_| Error::msg("the corpus reader thread panicked"))?;
+        match (out, produced) {
+            (_, Err(e)) if !matches!(&e, Error::Msg(m) if m == "stopped") => Err(e),
+            (out, _) => out,
+        }
+    })
+}
+
+/// Compare the listing found with the pinned one and say what differs, file by file, when the
+/// pinned listing is known (a copy kept by an earlier `prepare` under data.dir, or one shipped
+/// beside a release's files).
+fn pin_error(want: Option<&str>, pin: &str, listing: &str, known: &[PathBuf]) -> Error {
+    let n = listing.lines().count();
+    let Some(want) = want else {
+        return Error::hint(
+            format!("data.sha256 is not set: the {n} files of data.paths hash to {pin}"),
+            format!(
+                "pin them: set data.sha256 = \"{pin}\" in [data] (the SHA-256 of their `sha256sum` listing; the README shows the shell command)"
+            ),
+        );
+    };
+    let parse = |t: &str| -> BTreeMap<String, String> {
+        t.lines().filter_map(|l| l.split_once("  ")).map(|(h, p)| (p.to_string(), h.to_string())).collect()
+    };
+    let now = parse(listing);
+    let old = known.iter().find_map(|p| {
+        let t = fs::read_to_string(p).ok()?;
+        (sha256_hex(t.as_bytes()) == want).then(|| parse(&t))
+    });
+    let mut what = Vec::new();
+    match &old {
+        Some(old) => {
+            for (p, h) in old {
+                match now.get(p) {
+                    None => what.push(format!("  missing: {p}")),
+                    Some(h2) if h2 != h => what.push(format!("  changed: {p} (sha256 {h2}, pinned {h})")),
+                    _ => {}
+                }
+            }
+            for p in now.keys().filter(|p| !old.contains_key(*p)) {
+                what.push(format!("  added:   {p}"));
+            }
+        }
+        None => what.push(format!(
+            "  (no copy of the pinned listing was found to say which files differ; the listing now has {n} files)"
+        )),
+    }
+    if what.len() > 40 {
+        let more = what.len() - 40;
+        what.truncate(40);
+        what.push(format!("  ... and {more} more"));
+    }
+    Error::hint(
+        format!("the files of data.paths hash to {pin}, not the pinned data.sha256 = {want}:\n{}", what.join("\n")),
+        format!("restore the pinned files, or if you mean to change the data, set data.sha256 = \"{pin}\""),
+    )
+}
+
+/// Prepare a files source: list; read every file once to hash it and check every document
+/// (nothing is written until all of them pass and the pin matches); then stream the train
+/// documents into the tokenizer trainer and all documents through the encoder into the token
+/// files. Memory holds one batch of documents at a time, plus the trainer's word counts.
+fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &dyn Fn(&str)) -> Result<Prepared> {
+    use rayon::prelude::*;
+    let d = &cfg.data;
+    let base = d.base.clone().unwrap_or_else(|| PathBuf::from("."));
+    let files = sources::list(&d.paths, &base, d.base.is_some())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads())
+        .build()
+        .map_err(|e| Error::msg(format!("cannot start {} threads: {e}", cfg.threads())))?;
+    let threshold = sources::val_threshold(d.val_fraction);
+    let stored: u64 = files.iter().map(|f| fs::metadata(&f.file).map(|m| m.len()).unwrap_or(0)).sum();
+    log(&format!("data.paths: {} files, {:.1} MB as stored", files.len(), stored as f64 / 1e6));
+
+    // Pass 1: hash and check. Per file: its scan, its validation documents and its smallest
+    // key (the fallback when no document falls under the threshold).
+    let progress = crate::progress::Progress::new("hashing and checking", stored);
+    let results: Vec<Result<(sources::Scan, u64, (u64, u64))>> = pool.install(|| {
+        files
+            .par_iter()
+            .map(|l| {
+                let (mut val_docs, mut min) = (0u64, (u64::MAX, 0u64));
+                let scan = sources::read_docs(l, &d.text_field, &mut |i, _| {
+                    let k = sources::val_key(&l.path, i);
+                    val_docs += (k < threshold) as u64;
+                    if k < min.0 {
+                        min = (k, i);
+                    }
+                    Ok(())
+                })?;
+                progress.add(scan.bytes);
+                Ok((scan, val_docs, min))
+            })
+            .collect()
+    });
+    progress.finish();
+    let mut scans = Vec::with_capacity(files.len());
+    let (mut val_docs, mut min) = (0u64, (u64::MAX, usize::MAX, 0u64));
+    for (fi, r) in results.into_iter().enumerate() {
+        let (scan, v, (k, i)) = r?;
+        val_docs += v;
+        if scan.documents > 0 && k < min.0 {
+            min = (k, fi, i);
+        }
+        scans.push((scan, v));
+    }
+    let pairs: Vec<(String, String)> =
+        files.iter().zip(&scans).map(|(l, (s, _))| (l.path.clone(), s.sha256.clone())).collect();
+    let listing = sources::listing(&pairs);
+    let pin = sha256_hex(listing.as_bytes());
+    let want = d.sha256.as_deref().map(str::to_lowercase);
+    if want.as_deref() != Some(pin.as_str()) {
+        let mut known = vec![base.join(LISTING)];
+        if let Some(w) = &want {
+            known.insert(0, data_dir.join(format!("files-{}", &w[..12.min(w.len())])).join(LISTING));
+        }
+        return Err(pin_error(want.as_deref(), &pin, &listing, &known));
+    }
+    let docs: u64 = scans.iter().map(|(s, _)| s.documents).sum();
+    let text_bytes: u64 = scans.iter().map(|(s, _)| s.text_bytes).sum();
+    if docs == 0 {
+        return Err(Error::hint(
+            format!("the {} files of data.paths hold no documents (every one is empty)", files.len()),
+            "check data.paths and data.text_field",
+        ));
+    }
+    // No document under the threshold: the one with the smallest key is validation.
+    let fallback = (val_docs == 0).then_some((min.1, min.2));
+    let val_docs = val_docs.max(1);
+    if val_docs >= docs {
+        return Err(Error::hint(
+            format!(
+                "the corpus has {docs} document(s), and the validation split (whole documents) leaves none to train on"
+            ),
+            "add documents (the split never cuts one), or split a long text file into several",
+        ));
+    }
+    let is_val = move |fi: usize, di: u64, path: &str| -> bool {
+        fallback == Some((fi, di)) || sources::val_key(path, di) < threshold
+    };
+
+    let mut key_src = format!(
+        "tinylm-prep-files-v1\n{pin}\n{}\n{}\n{}\n{}\n{}",
+        d.text_field,
+        d.val_fraction,
+        cfg.tokenizer.vocab_size,
+        tokenizer::RECIPE,
+        tokenizer::tokenizers_version()
+    );
+    if let Some(t) = tokenizer {
+        key_src += &format!("\ngiven-tokenizer {}", sha256_hex(t));
+    }
+    let key = sha256_hex(key_src.as_bytes());
+    let top = data_dir.join(format!("files-{}", &pin[..12]));
+    let dir = top.join(format!("tok-v{}-{}", cfg.tokenizer.vocab_size, &key[..12]));
+    if let Some(prepared) = reusable(&dir, &pin)? {
+        log(&format!("reusing prepared data in {}", dir.display()));
+        return Ok(prepared);
+    }
+    fs::create_dir_all(&dir).map_err(|e| {
+        Error::hint(format!("cannot create data directory {}: {e}", dir.display()), "set data.dir to a writable directory")
+    })?;
+    write_atomic(&top.join(LISTING), listing.as_bytes())?;
+    let just_scans: Vec<sources::Scan> = scans.iter().map(|(s, _)| s.clone()).collect();
+    let paths: Vec<&str> = files.iter().map(|l| l.path.as_str()).collect();
+
+    // Pass 2: the tokenizer, on the train documents' lines.
+    let json = match tokenizer {
+        Some(t) => {
+            log("using the parent's tokenizer (init.from); no tokenizer is trained");
+            String::from_utf8(t.to_vec()).map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
+        }
+        None => {
+            log(&format!("training BPE tokenizer (vocab {}) on the train documents", cfg.tokenizer.vocab_size));
+            let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
+            let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
+            let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
+                let lines = batches.flat_map(|b| {
+                    progress.add(b.iter().map(|x| x.text.len() as u64).sum());
+                    b.into_iter().flat_map(|doc| {
+                        doc.text
+                            .split(crate::corpus::EOT)
+                            .flat_map(|p| p.split_inclusive('\n'))
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                });
+                pool.install(|| tokenizer::train_on(lines, cfg.tokenizer.vocab_size as usize))
+            })?;
+            progress.finish();
+            json
+        }
+    };
+    let tok_path = dir.join(TOKENIZER_JSON);
+    write_atomic(&tok_path, json.as_bytes())?;
+    let tok = if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
+    let real_vocab = tok.vocab_size() as u64;
+    if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
+        log(&format!(
+            "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
+            cfg.tokenizer.vocab_size
+        ));
+    }
+    if tok.eot() == u32::MAX {
+        return Err(Error::hint(
+            "the parent's tokenizer has no <|endoftext|> token, which a files source needs between documents",
+            "use a parent whose tokenizer has <|endoftext|>",
+        ));
+    }
+
+    // Pass 3: encode every document, in order, each followed by <|endoftext|>.
+    let dtype = Dtype::for_vocab(real_vocab);
+    let mut w_train = tokens::Writer::create(&split_file(&dir, "train"), dtype)?;
+    let mut w_val = tokens::Writer::create(&split_file(&dir, "val"), dtype)?;
+    let mut records: Vec<FileRecord> = files
+        .iter()
+        .zip(&scans)
+        .map(|(l, (s, _))| FileRecord {
+            path: l.path.clone(),
+            bytes: s.bytes,
+            sha256: s.sha256.clone(),
+            documents: s.documents,
+            val_documents: 0,
+            train_tokens: 0,
+            val_tokens: 0,
+        })
+        .collect();
+    let (mut train_bytes, mut val_bytes) = (0u64, 0u64);
+    let progress = crate::progress::Progress::new("encoding", text_bytes);
+    let keep = |fi: usize, di: u64| Some(is_val(fi, di, paths[fi]));
+    stream_docs(&files, &just_scans, &d.text_field, 8 << 20, &keep, |batches| {
+        for b in batches {
+            let texts: Vec<&str> = b.iter().map(|x| x.text.as_str()).collect();
+            let ids = pool.install(|| tok.encode_docs(&texts))?;
+            for (doc, mut ids) in b.iter().zip(ids) {
+                ids.push(tok.eot());
+                let r = &mut records[doc.file];
+                if doc.val {
+                    w_val.push(&ids)?;
+                    r.val_documents += 1;
+                    r.val_tokens += ids.len() as u64;
+                    val_bytes += doc.text.len() as u64;
+                } else {
+                    w_train.push(&ids)?;
+                    r.train_tokens += ids.len() as u64;
+                    train_bytes += doc.text.len() as u64;
+                }
+            }
+            progress.add(texts.iter().map(|t| t.len() as u64).sum());
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    let (train_n, train_sha) = w_train.finish()?;
+    let (val_n, val_sha) = w_val.finish()?;
+    log(&format!(
+        "train: {train_bytes} bytes -> {train_n} tokens; val: {} documents, {val_bytes} bytes -> {val_n} tokens",
+        records.iter().map(|r| r.val_documents).sum::<u64>()
+    ));
+    let meta = Meta {
+        format: PREP_FORMAT,
+        corpus_sha256: pin,
+        corpus_bytes: text_bytes,
+        val_fraction: d.val_fraction,
+        vocab_size: cfg.tokenizer.vocab_size,
+        tokenizer_vocab_size: real_vocab,
+        tokenizer_recipe: tokenizer::RECIPE.into(),
+        tokenizers_version: tokenizer::tokenizers_version(),
+        tokenizer_sha256: sha256_hex(json.as_bytes()),
+        dtype: dtype.name().into(),
+        train: SplitMeta { tokens: train_n, bytes: train_bytes, sha256: train_sha },
+        val: SplitMeta { tokens: val_n, bytes: val_bytes, sha256: val_sha },
+        files: records,
+    };
+    let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| Error::msg(e.to_string()))?;
+    write_atomic(&dir.join("meta.json"), meta_json.as_bytes())?;
+    Ok(Prepared { dir, meta })
+}
+
+/// The copy of a files source's listing kept beside its prepared data (and shipped in a
+/// release's data/): `sha256sum -c` checks the files against it.
+pub const LISTING: &str = "files.sha256";
 
 /// The existing meta, if the prepared files are complete and untouched.
 fn reusable(dir: &Path, corpus_sha: &str) -> Result<Option<Prepared>> {
@@ -454,7 +860,7 @@ fn reusable(dir: &Path, corpus_sha: &str) -> Result<Option<Prepared>> {
     if meta.format != PREP_FORMAT
         || meta.corpus_sha256 != corpus_sha
         || meta.tokenizer_recipe != tokenizer::RECIPE
-        || meta.tokenizers_version != crate::manifest::tokenizers_version()
+        || meta.tokenizers_version != tokenizer::tokenizers_version()
     {
         return Ok(None);
     }

@@ -262,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     tinylm::kernels::configure()?; // a bad TINYLM_KERNELS fails here, before any work
     match cli.cmd {
         Cmd::Train { config, run_dir, set, resume, dry_run } => {
+            tinylm::progress::enable();
             let resume =
                 resume.map(|p| if p.is_empty() { Resume::Latest } else { Resume::From(PathBuf::from(p)) });
             // The run a --resume PATH names: the directory itself, or the one holding a checkpoint.
@@ -351,6 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cfg.check_memory(&config)?;
             threads::configure(cfg.threads());
             let say = |s: &str| eprintln!("{s}");
+            tinylm::progress::enable();
             let tokenizer = parent.as_ref().map(|p| p.tokenizer.as_slice());
             let p = tinylm::data::prepare(&cfg, std::path::Path::new(&cfg.data.dir), tokenizer, &say)?;
             let m = &p.meta;
@@ -359,6 +361,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("tokenizer sha256 {}", m.tokenizer_sha256);
             println!("train     sha256 {} ({} tokens)", m.train.sha256, m.train.tokens);
             println!("val       sha256 {} ({} tokens)", m.val.sha256, m.val.tokens);
+            println!("token ids {}", m.dtype);
+            if !m.files.is_empty() {
+                println!("{} files, listing {}", m.files.len(), p.dir.with_file_name(tinylm::data::LISTING).display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sample { checkpoint, prompt, tokens, temperature, top_k, seed } => {

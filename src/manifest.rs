@@ -1,7 +1,8 @@
 //! `manifest.json`: the run's record of every input and output by SHA-256, plus what built and
 //! ran it. Rewritten atomically after each checkpoint, so it always describes complete files.
 
-use crate::data::Meta;
+/// The data record lives with the data code (`data.rs`), the one home of what is known of a corpus.
+pub use crate::data::DataRecord;
 use crate::error::{Error, Result};
 use crate::util::{sha256_hex, write_atomic};
 use serde::{Deserialize, Serialize};
@@ -39,18 +40,6 @@ pub struct Session {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataRecord {
-    pub source: String,
-    pub corpus_sha256: String,
-    pub corpus_bytes: u64,
-    pub tokenizer_sha256: String,
-    pub train_tokens_sha256: String,
-    pub val_tokens_sha256: String,
-    pub train_tokens: u64,
-    pub val_tokens: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     pub step: u64,
     pub dir: String,
@@ -84,21 +73,6 @@ pub struct Manifest {
     pub parent: Option<crate::init::ParentRecord>,
 }
 
-impl DataRecord {
-    pub fn from_meta(source: &str, m: &Meta) -> DataRecord {
-        DataRecord {
-            source: source.to_string(),
-            corpus_sha256: m.corpus_sha256.clone(),
-            corpus_bytes: m.corpus_bytes,
-            tokenizer_sha256: m.tokenizer_sha256.clone(),
-            train_tokens_sha256: m.train.sha256.clone(),
-            val_tokens_sha256: m.val.sha256.clone(),
-            train_tokens: m.train.tokens,
-            val_tokens: m.val.tokens,
-        }
-    }
-}
-
 pub fn build_info() -> Build {
     let lock = include_str!("../Cargo.lock");
     Build {
@@ -107,22 +81,12 @@ pub fn build_info() -> Build {
         git_dirty: env!("TINYLM_GIT_DIRTY") == "true",
         rustc_version: env!("TINYLM_RUSTC_VERSION").to_string(),
         cargo_lock_sha256: sha256_hex(lock.as_bytes()),
-        candle_version: lock_version(lock, "candle-core").unwrap_or_else(|| "unknown".into()),
+        candle_version: crate::util::lock_version(lock, "candle-core").unwrap_or_else(|| "unknown".into()),
     }
 }
 
-/// The version of the `tokenizers` crate this binary was built with (from Cargo.lock).
-pub fn tokenizers_version() -> String {
-    lock_version(include_str!("../Cargo.lock"), "tokenizers").unwrap_or_else(|| "unknown".into())
-}
+pub use crate::tokenizer::tokenizers_version;
 
-/// The version of a package in Cargo.lock.
-fn lock_version(lock: &str, name: &str) -> Option<String> {
-    let needle = format!("name = \"{name}\"\nversion = \"");
-    let start = lock.find(&needle)? + needle.len();
-    let end = lock[start..].find('"')? + start;
-    Some(lock[start..end].to_string())
-}
 
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -221,7 +185,7 @@ mod tests {
     #[test]
     fn lock_version_finds_candle() {
         let lock = "[[package]]\nname = \"candle-core\"\nversion = \"0.11.1\"\n";
-        assert_eq!(super::lock_version(lock, "candle-core").as_deref(), Some("0.11.1"));
+        assert_eq!(super::crate::util::lock_version(lock, "candle-core").as_deref(), Some("0.11.1"));
         assert_eq!(super::build_info().candle_version, "0.11.1");
     }
 }

@@ -18,9 +18,25 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
 /// such change.
 pub const RECIPE: &str = "bytelevel-bpe-gpt2-split-eot-lines-64k-pieces-v1";
 
+/// The version of the `tokenizers` crate this binary was built with (from Cargo.lock).
+pub fn tokenizers_version() -> String {
+    crate::util::lock_version(include_str!("../Cargo.lock"), "tokenizers").unwrap_or_else(|| "unknown".into())
+}
+
 /// Train a tokenizer on `text` and return its JSON. Documents are split on `<|endoftext|>` so
 /// the marker itself is never merged; lines keep their newline so whitespace merges are learned.
 pub fn train(text: &str, vocab_size: usize) -> Result<String> {
+    train_on(text.split(EOT).flat_map(|doc| doc.split_inclusive('\n')), vocab_size)
+}
+
+/// Train on a stream of sequences (lines, each with its newline; never containing
+/// `<|endoftext|>`), as `train` does on one text: the trainer only keeps its word counts, so a
+/// corpus streamed from files is never held whole.
+pub fn train_on<I, S>(sequences: I, vocab_size: usize) -> Result<String>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
     // GPT-2 style: no prefix space, the standard split regex.
     let byte_level = ByteLevel::new(false, true, true);
     let mut tok = Tokenizer::new(BPE::default());
@@ -34,8 +50,7 @@ pub fn train(text: &str, vocab_size: usize) -> Result<String> {
         .special_tokens(vec![AddedToken::from(EOT, true)])
         .build()
         .into();
-    let lines = text.split(EOT).flat_map(|doc| doc.split_inclusive('\n'));
-    tok.train(&mut trainer, lines).map_err(tk_err)?;
+    tok.train(&mut trainer, sequences).map_err(tk_err)?;
     tok.add_special_tokens([AddedToken::from(EOT, true)]).map_err(tk_err)?;
     tok.to_string(true).map_err(tk_err)
 }
@@ -114,30 +129,53 @@ impl Tok {
     /// Encode a large text. It is cut into ~64 KiB pieces at line ends (a fixed rule, so the
     /// ids never depend on thread count) and the pieces are encoded in parallel.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        while start < text.len() {
-            let mut end = (start + 65536).min(text.len());
-            while end < text.len() && !text.is_char_boundary(end) {
-                end += 1;
-            }
-            if end < text.len() {
-                if let Some(nl) = text[end..].find('\n') {
-                    end += nl + 1;
-                } else {
-                    end = text.len();
-                }
-            }
-            pieces.push(&text[start..end]);
-            start = end;
-        }
-        let encs = self.inner.encode_batch(pieces, false).map_err(tk_err)?;
+        let encs = self.inner.encode_batch(pieces(text), false).map_err(tk_err)?;
         Ok(encs.iter().flat_map(|e| e.get_ids().iter().copied()).collect())
+    }
+
+    /// Encode several documents at once (each cut into pieces as `encode` does), one id list
+    /// per document.
+    pub fn encode_docs(&self, docs: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let mut all = Vec::new();
+        let mut counts = Vec::with_capacity(docs.len());
+        for d in docs {
+            let p = pieces(d);
+            counts.push(p.len());
+            all.extend(p);
+        }
+        let encs = self.inner.encode_batch(all, false).map_err(tk_err)?;
+        let mut it = encs.iter();
+        Ok(counts
+            .into_iter()
+            .map(|n| it.by_ref().take(n).flat_map(|e| e.get_ids().iter().copied()).collect())
+            .collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tk_err)
     }
+}
+
+/// A text cut into ~64 KiB pieces, each ending at a line end (or the text's end).
+fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + 65536).min(text.len());
+        while end < text.len() && !text.is_char_boundary(end) {
+            end += 1;
+        }
+        if end < text.len() {
+            if let Some(nl) = text[end..].find('\n') {
+                end += nl + 1;
+            } else {
+                end = text.len();
+            }
+        }
+        out.push(&text[start..end]);
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]

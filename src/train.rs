@@ -13,6 +13,7 @@ use crate::rng;
 use crate::run::{self, shell_quote, RunDir};
 use crate::sample;
 use crate::tokenizer::Tok;
+use crate::tokens::Tokens;
 use crate::util::{sha256_hex, write_atomic};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -63,7 +64,7 @@ pub struct EvalResult {
 /// Per-token losses of one evaluation batch: (inputs, targets) -> losses.
 pub type BatchLosses<'a> = dyn FnMut(&[u32], &[u32]) -> Result<Vec<f32>> + 'a;
 
-pub fn evaluate(val: &[u16], tok: &Tok, cfg: &Config, losses_of: &mut BatchLosses) -> Result<EvalResult> {
+pub fn evaluate(val: &Tokens, tok: &Tok, cfg: &Config, losses_of: &mut BatchLosses) -> Result<EvalResult> {
     let (b, t) = (cfg.train.batch_size as usize, cfg.train.context as usize);
     let offsets = data::eval_offsets(val.len(), b * cfg.eval.batches as usize, t);
     let (mut nats, mut tokens, mut bytes) = (0f64, 0u64, 0u64);
@@ -297,7 +298,7 @@ pub struct Trainer<'a> {
     opt: AdamW,
     /// Optimizer steps completed.
     pub step: u64,
-    tokens: &'a [u16],
+    tokens: &'a Tokens,
 }
 
 impl<'a> Trainer<'a> {
@@ -305,7 +306,7 @@ impl<'a> Trainer<'a> {
     pub fn new(
         cfg: &'a Config,
         vocab: usize,
-        tokens: &'a [u16],
+        tokens: &'a Tokens,
         from: Option<&checkpoint::Loaded>,
         parent: Option<&crate::init::Parent>,
     ) -> Result<Self> {
@@ -380,14 +381,14 @@ impl<'a> Trainer<'a> {
     }
 
     /// Validation loss of the current weights (`evaluate`), through the training forward pass.
-    pub fn evaluate(&mut self, val: &[u16], tok: &Tok) -> Result<EvalResult> {
+    pub fn evaluate(&mut self, val: &Tokens, tok: &Tok) -> Result<EvalResult> {
         let cfg = self.cfg;
         self.evaluate_as(val, tok, cfg)
     }
 
     /// As `evaluate`, with the eval settings (`eval.batches`) of `cfg`: those of the session
     /// that made a checkpoint, which may differ from the run's first config.
-    pub fn evaluate_as(&mut self, val: &[u16], tok: &Tok, cfg: &Config) -> Result<EvalResult> {
+    pub fn evaluate_as(&mut self, val: &Tokens, tok: &Tok, cfg: &Config) -> Result<EvalResult> {
         let (engine, w, vocab) = (&mut self.engine, &self.w, self.dims.vocab);
         evaluate(val, tok, cfg, &mut |x: &[u32], y: &[u32]| {
             check_ids(x.iter().chain(y), vocab)?;
@@ -476,12 +477,12 @@ fn check_ids<'b>(mut ids: impl Iterator<Item = &'b u32>, vocab: usize) -> Result
 }
 
 /// Inputs and targets (B*T each) of the windows starting at `offsets`.
-fn batch_ids(tokens: &[u16], offsets: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
+fn batch_ids(tokens: &Tokens, offsets: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
     let mut x = Vec::with_capacity(offsets.len() * t);
     let mut y = Vec::with_capacity(offsets.len() * t);
     for &o in offsets {
-        x.extend(tokens[o..o + t].iter().map(|&v| v as u32));
-        y.extend(tokens[o + 1..o + t + 1].iter().map(|&v| v as u32));
+        tokens.extend_into(&mut x, o, o + t);
+        tokens.extend_into(&mut y, o + 1, o + t + 1);
     }
     (x, y)
 }
@@ -490,7 +491,7 @@ fn batch_ids(tokens: &[u16], offsets: &[usize], t: usize) -> (Vec<u32>, Vec<u32>
 /// sampling never touches the training streams).
 fn eval_and_sample(
     trainer: &mut Trainer,
-    val: &[u16],
+    val: &Tokens,
     tok: &Tok,
     cfg: &Config,
     step: u64,

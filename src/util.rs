@@ -87,6 +87,14 @@ pub fn refuse_special_files(dir: &Path) -> crate::error::Result<()> {
     }
 }
 
+/// The version of a package in Cargo.lock.
+pub fn lock_version(lock: &str, name: &str) -> Option<String> {
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    let start = lock.find(&needle)? + needle.len();
+    let end = lock[start..].find('"')? + start;
+    Some(lock[start..end].to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,3 +117,4 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+

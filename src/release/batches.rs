@@ -27,7 +27,7 @@ pub struct Window {
     pub row: usize,
     pub offset: usize,
     /// context + 1 tokens: inputs are the first `context`, targets the last `context`.
-    pub tokens: Vec<u16>,
+    pub tokens: Vec<u32>,
 }
 
 /// (run dir, release dir) of a release or a run directory.
@@ -108,7 +108,7 @@ pub fn batches(a: &BatchesArgs) -> Result<(Config, Vec<Window>)> {
     for micro in 0..cfg.train.grad_accum {
         let offsets = crate::data::batch_offsets(cfg.run.seed, a.step - 1, micro, tokens.len(), b, t);
         for (row, &o) in offsets.iter().enumerate() {
-            out.push(Window { micro, row, offset: o, tokens: tokens[o..o + t + 1].to_vec() });
+            out.push(Window { micro, row, offset: o, tokens: tokens.range(o, o + t + 1) });
         }
     }
     Ok((cfg, out))

@@ -631,7 +631,8 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
             "tokenizer_sha256": m.data.tokenizer_sha256,
             "train_tokens": m.data.train_tokens, "train_tokens_sha256": m.data.train_tokens_sha256,
             "val_tokens": m.data.val_tokens, "val_tokens_sha256": m.data.val_tokens_sha256,
-            "token_dtype": "u16le",
+            "token_dtype": m.data.token_dtype, "paths": cfg.data.paths, "text_field": cfg.data.text_field,
+            "files": m.data.files,
         });
         o.put("data/data.json", &hf::pretty(&data_json)?)?;
 
