@@ -604,7 +604,10 @@ impl Config {
             }
             "files" => {
                 if d.paths.is_empty() {
-                    p.push(("data.paths", "is required when data.source = \"files\" (files, directories or globs)".into()));
+                    p.push((
+                        "data.paths",
+                        "is required when data.source = \"files\" (files, directories or globs)".into(),
+                    ));
                 }
                 if d.paths.iter().any(|x| x.is_empty() || x.contains('\0')) {
                     p.push(("data.paths", "must hold non-empty paths".into()));

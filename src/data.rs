@@ -27,8 +27,8 @@ use crate::tokenizer::{self, Tok};
 use crate::tokens::{self, Dtype, Tokens};
 use crate::util::{sha256_file, sha256_hex, temp_sibling, write_atomic};
 use serde::{Deserialize, Serialize};
-use std::fs;
 use std::collections::BTreeMap;
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -279,6 +279,9 @@ pub fn confine(cfg: &mut Config, config_file: &Path, r: &Replay, log: &dyn Fn(&s
     if cfg.data.source == "builtin" {
         return Ok(());
     }
+    if cfg.data.source == "files" {
+        return confine_files(cfg, config_file, r);
+    }
     let shipped = match r.release {
         Some(rel) => {
             let c = rel.join("data").join("corpus.txt");
@@ -325,6 +328,52 @@ pub fn confine(cfg: &mut Config, config_file: &Path, r: &Replay, log: &dyn Fn(&s
             (None, None) => "the run's config names no corpus".into(),
         };
         return Err(Error::hint(what, hint));
+    }
+    Ok(())
+}
+
+/// Where a release ships a files source: each file at `data/files/<listing path>`, and the
+/// listing beside them at `data/files.sha256`.
+pub const RELEASE_FILES: &str = "data/files";
+
+/// `confine` for a files source: `data.paths` are read against `--corpus DIR`, else the
+/// release's `data/files/` (every entry must stay inside it, and so must every file it
+/// reaches, symlinks followed), else, for a run directory, the working directory.
+fn confine_files(cfg: &mut Config, config_file: &Path, r: &Replay) -> Result<()> {
+    if r.release.is_some() {
+        for p in &cfg.data.paths {
+            check_inside("data.paths", p, config_file)?;
+        }
+    }
+    let shipped = r.release.map(|rel| rel.join(RELEASE_FILES)).filter(|p| p.is_dir());
+    if let Some(c) = r.corpus {
+        if !c.is_dir() {
+            return Err(Error::hint(
+                format!(
+                    "--corpus {}: a files source needs the directory its data.paths are relative to",
+                    c.display()
+                ),
+                "pass --corpus DIR, the directory the run was trained in (or that holds the listed files)",
+            ));
+        }
+        cfg.data.base = Some(c.to_path_buf());
+    } else if let (Some(dir), Some(rel)) = (shipped, r.release) {
+        let (canon, root) = (dir.canonicalize().at(&dir)?, rel.canonicalize().at(rel)?);
+        if !canon.starts_with(&root) {
+            return Err(Error::hint(
+                format!("{} leads outside the release (to {})", dir.display(), canon.display()),
+                "a release's corpus must be inside it; this one is refused",
+            ));
+        }
+        cfg.data.base = Some(canon);
+    } else if let Some(rel) = r.release {
+        return Err(Error::hint(
+            format!("{} does not ship its corpus (no {RELEASE_FILES}/)", rel.display()),
+            format!(
+                "pass --corpus DIR: a directory holding the files of {}/data/{LISTING}, at the paths it lists",
+                rel.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -622,7 +671,10 @@ fn pin_error(want: Option<&str>, pin: &str, listing: &str, known: &[PathBuf]) ->
         what.push(format!("  ... and {more} more"));
     }
     Error::hint(
-        format!("the files of data.paths hash to {pin}, not the pinned data.sha256 = {want}:\n{}", what.join("\n")),
+        format!(
+            "the files of data.paths hash to {pin}, not the pinned data.sha256 = {want}:\n{}",
+            what.join("\n")
+        ),
         format!("restore the pinned files, or if you mean to change the data, set data.sha256 = \"{pin}\""),
     )
 }
@@ -631,7 +683,12 @@ fn pin_error(want: Option<&str>, pin: &str, listing: &str, known: &[PathBuf]) ->
 /// (nothing is written until all of them pass and the pin matches); then stream the train
 /// documents into the tokenizer trainer and all documents through the encoder into the token
 /// files. Memory holds one batch of documents at a time, plus the trainer's word counts.
-fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &dyn Fn(&str)) -> Result<Prepared> {
+fn prepare_files(
+    cfg: &Config,
+    data_dir: &Path,
+    tokenizer: Option<&[u8]>,
+    log: &dyn Fn(&str),
+) -> Result<Prepared> {
     use rayon::prelude::*;
     let d = &cfg.data;
     let base = d.base.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -676,18 +733,6 @@ fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &
         }
         scans.push((scan, v));
     }
-    let pairs: Vec<(String, String)> =
-        files.iter().zip(&scans).map(|(l, (s, _))| (l.path.clone(), s.sha256.clone())).collect();
-    let listing = sources::listing(&pairs);
-    let pin = sha256_hex(listing.as_bytes());
-    let want = d.sha256.as_deref().map(str::to_lowercase);
-    if want.as_deref() != Some(pin.as_str()) {
-        let mut known = vec![base.join(LISTING)];
-        if let Some(w) = &want {
-            known.insert(0, data_dir.join(format!("files-{}", &w[..12.min(w.len())])).join(LISTING));
-        }
-        return Err(pin_error(want.as_deref(), &pin, &listing, &known));
-    }
     let docs: u64 = scans.iter().map(|(s, _)| s.documents).sum();
     let text_bytes: u64 = scans.iter().map(|(s, _)| s.text_bytes).sum();
     if docs == 0 {
@@ -706,6 +751,21 @@ fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &
             ),
             "add documents (the split never cuts one), or split a long text file into several",
         ));
+    }
+    let pairs: Vec<(String, String)> =
+        files.iter().zip(&scans).map(|(l, (s, _))| (l.path.clone(), s.sha256.clone())).collect();
+    let listing = sources::listing(&pairs);
+    let pin = sha256_hex(listing.as_bytes());
+    let want = d.sha256.as_deref().map(str::to_lowercase);
+    if want.as_deref() != Some(pin.as_str()) {
+        let mut known = vec![base.join(LISTING)];
+        if let Some(up) = d.base.as_deref().and_then(Path::parent) {
+            known.push(up.join(LISTING));
+        }
+        if let Some(w) = &want {
+            known.insert(0, data_dir.join(format!("files-{}", &w[..12.min(w.len())])).join(LISTING));
+        }
+        return Err(pin_error(want.as_deref(), &pin, &listing, &known));
     }
     let is_val = move |fi: usize, di: u64, path: &str| -> bool {
         fallback == Some((fi, di)) || sources::val_key(path, di) < threshold
@@ -730,7 +790,10 @@ fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &
         return Ok(prepared);
     }
     fs::create_dir_all(&dir).map_err(|e| {
-        Error::hint(format!("cannot create data directory {}: {e}", dir.display()), "set data.dir to a writable directory")
+        Error::hint(
+            format!("cannot create data directory {}: {e}", dir.display()),
+            "set data.dir to a writable directory",
+        )
     })?;
     write_atomic(&top.join(LISTING), listing.as_bytes())?;
     let just_scans: Vec<sources::Scan> = scans.iter().map(|(s, _)| s.clone()).collect();
@@ -740,10 +803,14 @@ fn prepare_files(cfg: &Config, data_dir: &Path, tokenizer: Option<&[u8]>, log: &
     let json = match tokenizer {
         Some(t) => {
             log("using the parent's tokenizer (init.from); no tokenizer is trained");
-            String::from_utf8(t.to_vec()).map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
+            String::from_utf8(t.to_vec())
+                .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
         }
         None => {
-            log(&format!("training BPE tokenizer (vocab {}) on the train documents", cfg.tokenizer.vocab_size));
+            log(&format!(
+                "training BPE tokenizer (vocab {}) on the train documents",
+                cfg.tokenizer.vocab_size
+            ));
             let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
             let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
             let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {

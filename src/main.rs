@@ -363,7 +363,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("val       sha256 {} ({} tokens)", m.val.sha256, m.val.tokens);
             println!("token ids {}", m.dtype);
             if !m.files.is_empty() {
-                println!("{} files, listing {}", m.files.len(), p.dir.with_file_name(tinylm::data::LISTING).display());
+                println!(
+                    "{} files, listing {}",
+                    m.files.len(),
+                    p.dir.with_file_name(tinylm::data::LISTING).display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -87,7 +87,6 @@ pub fn build_info() -> Build {
 
 pub use crate::tokenizer::tokenizers_version;
 
-
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()

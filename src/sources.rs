@@ -98,7 +98,10 @@ fn walk(root: &Path, shown: &str) -> Result<Vec<(String, PathBuf)>> {
     for e in it {
         let e = e.map_err(|err| {
             let p = err.path().map(|p| p.display().to_string()).unwrap_or_else(|| shown.to_string());
-            Error::hint(format!("{p}: cannot read ({err})"), "check the file's permissions, or leave it out of data.paths")
+            Error::hint(
+                format!("{p}: cannot read ({err})"),
+                "check the file's permissions, or leave it out of data.paths",
+            )
         })?;
         if e.file_type().is_file() {
             let rel = e.path().strip_prefix(root).unwrap_or(e.path());
@@ -131,7 +134,10 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         if is_glob(entry) {
             let glob = globset::GlobBuilder::new(entry).literal_separator(true).build().map_err(|e| {
-                Error::hint(format!("data.paths: {entry:?} is not a valid glob: {e}"), "fix the pattern in data.paths")
+                Error::hint(
+                    format!("data.paths: {entry:?} is not a valid glob: {e}"),
+                    "fix the pattern in data.paths",
+                )
             })?;
             let m = glob.compile_matcher();
             // Walk from the part before the first pattern character.
@@ -261,7 +267,9 @@ fn invalid_utf8(l: &Listed, at: &str, e: std::str::Utf8Error) -> Error {
 
 /// Read every document of `l` in order, calling `each(index, text)`, and hash the stored bytes.
 pub fn read_docs(l: &Listed, field: &str, each: &mut dyn FnMut(u64, &str) -> Result<()>) -> Result<Scan> {
-    let f = fs::File::open(&l.file).map_err(|e| Error::hint(format!("{}: cannot open: {e}", l.path), "check the file and its permissions"))?;
+    let f = fs::File::open(&l.file).map_err(|e| {
+        Error::hint(format!("{}: cannot open: {e}", l.path), "check the file and its permissions")
+    })?;
     let mut raw = Hashing { inner: BufReader::with_capacity(1 << 20, f), hash: Sha256::new(), n: 0 };
     let (mut docs, mut text_bytes) = (0u64, 0u64);
     {
@@ -276,7 +284,9 @@ pub fn read_docs(l: &Listed, field: &str, each: &mut dyn FnMut(u64, &str) -> Res
         let mut dec: Box<dyn Read + '_> = match l.compression {
             Compression::None => Box::new(&mut raw),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut raw)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut raw).map_err(|e| read_error(l, e))?),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut raw).map_err(|e| read_error(l, e))?)
+            }
         };
         match l.kind {
             Kind::Text => {
@@ -295,7 +305,8 @@ pub fn read_docs(l: &Listed, field: &str, each: &mut dyn FnMut(u64, &str) -> Res
                         break;
                     }
                     no += 1;
-                    let s = std::str::from_utf8(&line).map_err(|e| invalid_utf8(l, &format!("on line {no} at "), e))?;
+                    let s = std::str::from_utf8(&line)
+                        .map_err(|e| invalid_utf8(l, &format!("on line {no} at "), e))?;
                     if s.trim().is_empty() {
                         continue;
                     }
@@ -364,7 +375,10 @@ fn parquet_docs<R: parquet::file::reader::ChunkReader + 'static>(
     use parquet::column::reader::ColumnReader;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let bad = |e: parquet::errors::ParquetError| {
-        Error::hint(format!("{}: not a readable Parquet file ({e})", l.path), "re-download or re-export the file")
+        Error::hint(
+            format!("{}: not a readable Parquet file ({e})", l.path),
+            "re-download or re-export the file",
+        )
     };
     let reader = SerializedFileReader::new(input).map_err(bad)?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
@@ -377,7 +391,8 @@ fn parquet_docs<R: parquet::file::reader::ChunkReader + 'static>(
     };
     let c = schema.column(col);
     let is_string = c.physical_type() == Physical::BYTE_ARRAY
-        && (matches!(c.logical_type_ref(), Some(LogicalType::String)) || c.converted_type() == ConvertedType::UTF8);
+        && (matches!(c.logical_type_ref(), Some(LogicalType::String))
+            || c.converted_type() == ConvertedType::UTF8);
     if !is_string || c.max_rep_level() > 0 {
         return Err(Error::hint(
             format!(
@@ -404,7 +419,8 @@ fn parquet_docs<R: parquet::file::reader::ChunkReader + 'static>(
                 break;
             }
             for v in &vals {
-                let s = std::str::from_utf8(v.data()).map_err(|e| invalid_utf8(l, &format!("in row group {g} at value "), e))?;
+                let s = std::str::from_utf8(v.data())
+                    .map_err(|e| invalid_utf8(l, &format!("in row group {g} at value "), e))?;
                 emit(s)?;
             }
         }

@@ -220,7 +220,9 @@ mod tests {
     #[test]
     fn both_widths_round_trip_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        for (dtype, ids) in [(Dtype::U16, vec![0u32, 1, 65535, 7]), (Dtype::U32, vec![0, 65536, 1_048_575, 3])] {
+        for (dtype, ids) in
+            [(Dtype::U16, vec![0u32, 1, 65535, 7]), (Dtype::U32, vec![0, 65536, 1_048_575, 3])]
+        {
             let p = dir.path().join(format!("{}.bin", dtype.name()));
             let mut w = Writer::create(&p, dtype).unwrap();
             w.push(&ids[..2]).unwrap();

@@ -117,4 +117,3 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
-

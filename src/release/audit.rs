@@ -725,7 +725,9 @@ pub fn audit(a: &AuditArgs) -> Result<Audit> {
                 false,
                 "skipped (--skip-data-replay): the token hashes were not re-derived from the corpus".into(),
             );
-        } else if fs::symlink_metadata(dir.join("data/corpus.txt")).is_err() {
+        } else if fs::symlink_metadata(dir.join("data/corpus.txt")).is_err()
+            && fs::symlink_metadata(dir.join(crate::data::RELEASE_FILES)).is_err()
+        {
             let e = "skipped: data/corpus.txt is not in the release, so the tokenizer and token hashes cannot be re-derived".to_string();
             check("data replay", false, e.clone());
             invalidate("Datasets", e);
@@ -886,7 +888,7 @@ fn parent_cap(rec: &crate::init::ParentRecord, a: &AuditArgs) -> (u8, String) {
     }
 }
 
-/// Re-prepare a release's data from `data/corpus.txt` in a temp directory and compare the
+/// Re-prepare a release's data from `data/corpus.txt` (or `data/files/`) in a temp directory and compare the
 /// tokenizer and token hashes with the run's manifest. The release's config is not trusted:
 /// `data::confine` takes the corpus from the release and writes only in the temp directory.
 fn replay_data(dir: &Path) -> std::result::Result<String, String> {
@@ -925,8 +927,10 @@ fn replay_data(dir: &Path) -> std::result::Result<String, String> {
     }
     if bad.is_empty() {
         Ok(format!(
-            "data/corpus.txt re-prepared: tokenizer, {} train and {} val tokens match the manifest",
-            p.meta.train.tokens, p.meta.val.tokens
+            "{} re-prepared: tokenizer, {} train and {} val tokens match the manifest",
+            if cfg.data.source == "files" { "data/files/" } else { "data/corpus.txt" },
+            p.meta.train.tokens,
+            p.meta.val.tokens
         ))
     } else {
         Err(format!("re-prepared data differs: {}", bad.join(", ")))

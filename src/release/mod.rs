@@ -341,6 +341,49 @@ fn archive(repo: &Path, commit: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A files source: the listing always (`data/files.sha256`), and, when the licence allows,
+/// every file at its listing path under `data/files/`, each checked against the manifest. The
+/// files are read against `--corpus DIR`, else the working directory (where the run trained).
+fn ship_files(o: &Out, m: &Manifest, a: &ReleaseArgs, included: bool) -> Result<()> {
+    let pairs: Vec<(String, String)> =
+        m.data.files.iter().map(|f| (f.path.clone(), f.sha256.clone())).collect();
+    let listing = crate::sources::listing(&pairs);
+    if sha256_hex(listing.as_bytes()) != m.data.corpus_sha256 {
+        return Err(Error::hint(
+            "the manifest's file list does not hash to its recorded corpus pin",
+            "the run's manifest.json was edited; it cannot be released",
+        ));
+    }
+    o.put(&format!("data/{}", crate::data::LISTING), listing.as_bytes())?;
+    if !included {
+        return Ok(());
+    }
+    let base = a.corpus.clone().unwrap_or_else(|| PathBuf::from("."));
+    for f in &m.data.files {
+        if crate::data::leaves_folder(Path::new(&f.path)) {
+            return Err(Error::hint(
+                format!("{}: an absolute path, or one that leaves the folder, cannot be shipped inside a release", f.path),
+                "train with data.paths relative to the working directory, or publish without the data (no --data-license)",
+            ));
+        }
+        let src = base.join(&f.path);
+        let got = crate::util::sha256_file(&src).map_err(|e| {
+            Error::hint(
+                format!("corpus file {}: {e}", src.display()),
+                "run `tinylm release` where the run was trained, or pass --corpus DIR (the directory data.paths are relative to)",
+            )
+        })?;
+        if got != f.sha256 {
+            return Err(Error::hint(
+                format!("{} hashes to {got}, not the run's recorded {}", src.display(), f.sha256),
+                "the file changed since the run trained on it; restore it to release the data",
+            ));
+        }
+        o.copy(&src, &format!("{}/{}", crate::data::RELEASE_FILES, f.path))?;
+    }
+    Ok(())
+}
+
 /// The corpus bytes of the run, checked against the manifest: regenerated for the built-in
 /// source, read from --corpus or data.path for a file/URL source.
 fn corpus_bytes(cfg: &Config, m: &Manifest, a: &ReleaseArgs) -> Result<Vec<u8>> {
@@ -618,7 +661,9 @@ pub fn release(a: &ReleaseArgs, log: &dyn Fn(&str)) -> Result<Summary> {
         )?;
 
         // Data: the corpus when its licence allows, always the recipe and the hashes.
-        if data_included {
+        if cfg.data.source == "files" {
+            ship_files(&o, &m, a, data_included)?;
+        } else if data_included {
             o.put("data/corpus.txt", &corpus_bytes(&cfg, &m, a)?)?;
         }
         let data_json = serde_json::json!({
@@ -1014,15 +1059,24 @@ fn components(f: &Facts, root: &Path) -> Vec<(String, ComponentFiles)> {
                 f.cfg.data.source, f.manifest.data.corpus_sha256
             ),
         );
-        add(
-            "Evaluation data",
-            &l.data,
-            "data/corpus.txt".into(),
-            format!(
-                "The validation split: the last {} of data/corpus.txt, cut at a line start.",
-                f.cfg.data.val_fraction
-            ),
-        );
+        let (path, what) = if f.cfg.data.source == "files" {
+            (
+                crate::data::RELEASE_FILES.to_string(),
+                format!(
+                    "The validation split: whole documents of data/files/, chosen by hash (data.val_fraction = {}; data/RECIPE.md).",
+                    f.cfg.data.val_fraction
+                ),
+            )
+        } else {
+            (
+                "data/corpus.txt".to_string(),
+                format!(
+                    "The validation split: the last {} of data/corpus.txt, cut at a line start.",
+                    f.cfg.data.val_fraction
+                ),
+            )
+        };
+        add("Evaluation data", &l.data, path, what);
     }
     out.sort_by_key(|(n, _)| mof::COMPONENTS.iter().position(|c| c.name == n).unwrap_or(99));
     out
