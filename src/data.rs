@@ -704,7 +704,8 @@ fn prepare_files(
     // Pass 1: hash and check. Per file: its scan, its validation documents and its smallest
     // key (the fallback when no document falls under the threshold).
     let progress = crate::progress::Progress::new("hashing and checking", stored);
-    let results: Vec<Result<(sources::Scan, u64, (u64, u64))>> = pool.install(|| {
+    type FileScan = (sources::Scan, u64, (u64, u64));
+    let results: Vec<Result<FileScan>> = pool.install(|| {
         files
             .par_iter()
             .map(|l| {

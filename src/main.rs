@@ -56,7 +56,8 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Only the data and tokenizer steps: corpus, split, tokenizer.json, token files.
+    /// Only the data and tokenizer steps: corpus, split, tokenizer.json, token files. For a
+    /// files source without data.sha256, prints the value that pins its files (exit 2).
     Prepare {
         #[arg(long)]
         config: PathBuf,
@@ -104,8 +105,9 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
         /// The corpus file, when the run's own is not at hand (a release that does not ship
-        /// it). It must match the run's pin (data.sha256).
-        #[arg(long, value_name = "FILE")]
+        /// it); for a files source, the directory its data.paths are relative to. It must
+        /// match the run's pin (data.sha256).
+        #[arg(long, value_name = "PATH")]
         corpus: Option<PathBuf>,
         /// Allow fetching a `url` corpus that is not here, into the scratch directory only.
         /// Without it verify never touches the network.
@@ -146,7 +148,8 @@ enum Cmd {
         /// tinylm was built from).
         #[arg(long)]
         repo: Option<PathBuf>,
-        /// The corpus file of a file/URL source (default: data.path from the run's config).
+        /// The corpus file of a file/URL source (default: data.path from the run's config); for
+        /// a files source, the directory its data.paths are relative to (default: here).
         #[arg(long)]
         corpus: Option<PathBuf>,
         /// Release date, YYYY-MM-DD (default: today, UTC): the only date in the release.
@@ -226,8 +229,9 @@ enum Cmd {
         /// Keep the rebuilt token files here (default: a temp directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The corpus file, when the run's own is not at hand; it must match data.sha256.
-        #[arg(long, value_name = "FILE")]
+        /// The corpus file, when the run's own is not at hand (for a files source, the
+        /// directory its data.paths are relative to); it must match data.sha256.
+        #[arg(long, value_name = "PATH")]
         corpus: Option<PathBuf>,
         /// Allow fetching a `url` corpus that is not here, into the data directory only.
         #[arg(long)]

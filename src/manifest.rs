@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn lock_version_finds_candle() {
         let lock = "[[package]]\nname = \"candle-core\"\nversion = \"0.11.1\"\n";
-        assert_eq!(super::crate::util::lock_version(lock, "candle-core").as_deref(), Some("0.11.1"));
+        assert_eq!(crate::util::lock_version(lock, "candle-core").as_deref(), Some("0.11.1"));
         assert_eq!(super::build_info().candle_version, "0.11.1");
     }
 }

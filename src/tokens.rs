@@ -71,7 +71,7 @@ impl Tokens {
     pub fn open(path: &Path, dtype: Dtype) -> Result<Tokens> {
         let f = fs::File::open(path).at(path)?;
         let n = f.metadata().at(path)?.len() as usize;
-        if n % dtype.width() != 0 {
+        if !n.is_multiple_of(dtype.width()) {
             return Err(Error::hint(
                 format!("{}: {n} bytes is not a whole number of {} ids", path.display(), dtype.name()),
                 "the file is damaged: rerun `tinylm prepare` to rebuild it",

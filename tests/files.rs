@@ -268,7 +268,9 @@ fn refused(name: &str, bad: &[(&str, Vec<u8>)], paths: &str, needle: &str) {
 fn every_bad_input_names_the_file_and_where_and_writes_nothing() {
     let gz_full = gz(&jsonl(&["one document".to_string(), "two".to_string()]));
     let zst_full = zst(&jsonl(&vec!["a longer document of text".to_string(); 200]));
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str, &str)> = vec![
+    // (name, bad files, data.paths line, what the error must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "nomatch",
             vec![],

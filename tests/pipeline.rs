@@ -120,7 +120,7 @@ fn prepare_reuses_unchanged_data_and_rebuilds_changed() {
     let elsewhere = d.run(&["prepare", "--config", &cfg, "--set", "data.dir=other"]);
     let hashes = |o: &std::process::Output| stdout(o).lines().skip(1).map(String::from).collect::<Vec<_>>();
     assert_eq!(hashes(&first), hashes(&elsewhere));
-    assert_eq!(hashes(&first).len(), 4);
+    assert_eq!(hashes(&first).len(), 5, "corpus, tokenizer, train, val, token ids");
     let changed = d.run(&["prepare", "--config", &cfg, "--set", "tokenizer.vocab_size=320"]);
     assert!(stderr(&changed).contains("training BPE tokenizer"), "{}", stderr(&changed));
     assert_ne!(stdout(&first), stdout(&changed));
