@@ -37,7 +37,7 @@ gen() { # dir MB
   [ -d "$1" ] || $py scripts/gen_corpus.py "$1" "$2"
 }
 pin() { # dir (the README's command)
-  (cd "$1" && find corpus -type f ! -path '*/.*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+  (cd "$1" && find -L corpus -type f ! -path '*/.*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 cfg() { # dir
   cat >"$1/bench.toml" <<EOF

@@ -644,6 +644,11 @@ fn pin_error(want: Option<&str>, pin: &str, listing: &str, known: &[PathBuf]) ->
     };
     let now = parse(listing);
     let old = known.iter().find_map(|p| {
+        // Only a regular file of sane size (a crafted release could name /dev/zero or a FIFO).
+        let md = fs::symlink_metadata(p).ok()?;
+        if !md.is_file() || md.len() > 1 << 28 {
+            return None;
+        }
         let t = fs::read_to_string(p).ok()?;
         (sha256_hex(t.as_bytes()) == want).then(|| parse(&t))
     });
@@ -790,131 +795,146 @@ fn prepare_files(
         log(&format!("reusing prepared data in {}", dir.display()));
         return Ok(prepared);
     }
+    if tokenizer.is_some_and(|t| !String::from_utf8_lossy(t).contains("\"<|endoftext|>\"")) {
+        return Err(Error::hint(
+            "the parent's tokenizer has no <|endoftext|> token, which a files source needs between documents",
+            "use a parent whose tokenizer has <|endoftext|>",
+        ));
+    }
     fs::create_dir_all(&dir).map_err(|e| {
         Error::hint(
             format!("cannot create data directory {}: {e}", dir.display()),
             "set data.dir to a writable directory",
         )
     })?;
-    write_atomic(&top.join(LISTING), listing.as_bytes())?;
-    let just_scans: Vec<sources::Scan> = scans.iter().map(|(s, _)| s.clone()).collect();
-    let paths: Vec<&str> = files.iter().map(|l| l.path.as_str()).collect();
+    // Passes 2 and 3 write; if one fails (a file changed under it), the half-built directory
+    // goes, so nothing but complete, hashed results stays under data.dir.
+    let built = (|| -> Result<Prepared> {
+        write_atomic(&top.join(LISTING), listing.as_bytes())?;
+        let just_scans: Vec<sources::Scan> = scans.iter().map(|(s, _)| s.clone()).collect();
+        let paths: Vec<&str> = files.iter().map(|l| l.path.as_str()).collect();
 
-    // Pass 2: the tokenizer, on the train documents' lines.
-    let json = match tokenizer {
-        Some(t) => {
-            log("using the parent's tokenizer (init.from); no tokenizer is trained");
-            String::from_utf8(t.to_vec())
-                .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
-        }
-        None => {
+        // Pass 2: the tokenizer, on the train documents' lines.
+        let json = match tokenizer {
+            Some(t) => {
+                log("using the parent's tokenizer (init.from); no tokenizer is trained");
+                String::from_utf8(t.to_vec())
+                    .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
+            }
+            None => {
+                log(&format!(
+                    "training BPE tokenizer (vocab {}) on the train documents",
+                    cfg.tokenizer.vocab_size
+                ));
+                let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
+                let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
+                let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
+                    let lines = batches.flat_map(|b| {
+                        progress.add(b.iter().map(|x| x.text.len() as u64).sum());
+                        b.into_iter().flat_map(|doc| {
+                            doc.text
+                                .split(crate::corpus::EOT)
+                                .flat_map(|p| p.split_inclusive('\n'))
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                    });
+                    pool.install(|| tokenizer::train_on(lines, cfg.tokenizer.vocab_size as usize))
+                })?;
+                progress.finish();
+                json
+            }
+        };
+        let tok_path = dir.join(TOKENIZER_JSON);
+        write_atomic(&tok_path, json.as_bytes())?;
+        let tok =
+            if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
+        let real_vocab = tok.vocab_size() as u64;
+        if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
             log(&format!(
-                "training BPE tokenizer (vocab {}) on the train documents",
+                "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
                 cfg.tokenizer.vocab_size
             ));
-            let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
-            let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
-            let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
-                let lines = batches.flat_map(|b| {
-                    progress.add(b.iter().map(|x| x.text.len() as u64).sum());
-                    b.into_iter().flat_map(|doc| {
-                        doc.text
-                            .split(crate::corpus::EOT)
-                            .flat_map(|p| p.split_inclusive('\n'))
-                            .map(str::to_string)
-                            .collect::<Vec<_>>()
-                    })
-                });
-                pool.install(|| tokenizer::train_on(lines, cfg.tokenizer.vocab_size as usize))
-            })?;
-            progress.finish();
-            json
         }
-    };
-    let tok_path = dir.join(TOKENIZER_JSON);
-    write_atomic(&tok_path, json.as_bytes())?;
-    let tok = if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
-    let real_vocab = tok.vocab_size() as u64;
-    if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
-        log(&format!(
-            "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
-            cfg.tokenizer.vocab_size
-        ));
-    }
-    if tok.eot() == u32::MAX {
-        return Err(Error::hint(
-            "the parent's tokenizer has no <|endoftext|> token, which a files source needs between documents",
-            "use a parent whose tokenizer has <|endoftext|>",
-        ));
-    }
+        if tok.eot() == u32::MAX {
+            return Err(Error::hint(
+                "the parent's tokenizer has no <|endoftext|> token, which a files source needs between documents",
+                "use a parent whose tokenizer has <|endoftext|>",
+            ));
+        }
 
-    // Pass 3: encode every document, in order, each followed by <|endoftext|>.
-    let dtype = Dtype::for_vocab(real_vocab);
-    let mut w_train = tokens::Writer::create(&split_file(&dir, "train"), dtype)?;
-    let mut w_val = tokens::Writer::create(&split_file(&dir, "val"), dtype)?;
-    let mut records: Vec<FileRecord> = files
-        .iter()
-        .zip(&scans)
-        .map(|(l, (s, _))| FileRecord {
-            path: l.path.clone(),
-            bytes: s.bytes,
-            sha256: s.sha256.clone(),
-            documents: s.documents,
-            val_documents: 0,
-            train_tokens: 0,
-            val_tokens: 0,
-        })
-        .collect();
-    let (mut train_bytes, mut val_bytes) = (0u64, 0u64);
-    let progress = crate::progress::Progress::new("encoding", text_bytes);
-    let keep = |fi: usize, di: u64| Some(is_val(fi, di, paths[fi]));
-    stream_docs(&files, &just_scans, &d.text_field, 8 << 20, &keep, |batches| {
-        for b in batches {
-            let texts: Vec<&str> = b.iter().map(|x| x.text.as_str()).collect();
-            let ids = pool.install(|| tok.encode_docs(&texts))?;
-            for (doc, mut ids) in b.iter().zip(ids) {
-                ids.push(tok.eot());
-                let r = &mut records[doc.file];
-                if doc.val {
-                    w_val.push(&ids)?;
-                    r.val_documents += 1;
-                    r.val_tokens += ids.len() as u64;
-                    val_bytes += doc.text.len() as u64;
-                } else {
-                    w_train.push(&ids)?;
-                    r.train_tokens += ids.len() as u64;
-                    train_bytes += doc.text.len() as u64;
+        // Pass 3: encode every document, in order, each followed by <|endoftext|>.
+        let dtype = Dtype::for_vocab(real_vocab);
+        let mut w_train = tokens::Writer::create(&split_file(&dir, "train"), dtype)?;
+        let mut w_val = tokens::Writer::create(&split_file(&dir, "val"), dtype)?;
+        let mut records: Vec<FileRecord> = files
+            .iter()
+            .zip(&scans)
+            .map(|(l, (s, _))| FileRecord {
+                path: l.path.clone(),
+                bytes: s.bytes,
+                sha256: s.sha256.clone(),
+                documents: s.documents,
+                val_documents: 0,
+                train_tokens: 0,
+                val_tokens: 0,
+            })
+            .collect();
+        let (mut train_bytes, mut val_bytes) = (0u64, 0u64);
+        let progress = crate::progress::Progress::new("encoding", text_bytes);
+        let keep = |fi: usize, di: u64| Some(is_val(fi, di, paths[fi]));
+        stream_docs(&files, &just_scans, &d.text_field, 8 << 20, &keep, |batches| {
+            for b in batches {
+                let texts: Vec<&str> = b.iter().map(|x| x.text.as_str()).collect();
+                let ids = pool.install(|| tok.encode_docs(&texts))?;
+                for (doc, mut ids) in b.iter().zip(ids) {
+                    ids.push(tok.eot());
+                    let r = &mut records[doc.file];
+                    if doc.val {
+                        w_val.push(&ids)?;
+                        r.val_documents += 1;
+                        r.val_tokens += ids.len() as u64;
+                        val_bytes += doc.text.len() as u64;
+                    } else {
+                        w_train.push(&ids)?;
+                        r.train_tokens += ids.len() as u64;
+                        train_bytes += doc.text.len() as u64;
+                    }
                 }
+                progress.add(texts.iter().map(|t| t.len() as u64).sum());
             }
-            progress.add(texts.iter().map(|t| t.len() as u64).sum());
-        }
-        Ok(())
-    })?;
-    progress.finish();
-    let (train_n, train_sha) = w_train.finish()?;
-    let (val_n, val_sha) = w_val.finish()?;
-    log(&format!(
-        "train: {train_bytes} bytes -> {train_n} tokens; val: {} documents, {val_bytes} bytes -> {val_n} tokens",
-        records.iter().map(|r| r.val_documents).sum::<u64>()
-    ));
-    let meta = Meta {
-        format: PREP_FORMAT,
-        corpus_sha256: pin,
-        corpus_bytes: text_bytes,
-        val_fraction: d.val_fraction,
-        vocab_size: cfg.tokenizer.vocab_size,
-        tokenizer_vocab_size: real_vocab,
-        tokenizer_recipe: tokenizer::RECIPE.into(),
-        tokenizers_version: tokenizer::tokenizers_version(),
-        tokenizer_sha256: sha256_hex(json.as_bytes()),
-        dtype: dtype.name().into(),
-        train: SplitMeta { tokens: train_n, bytes: train_bytes, sha256: train_sha },
-        val: SplitMeta { tokens: val_n, bytes: val_bytes, sha256: val_sha },
-        files: records,
-    };
-    let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| Error::msg(e.to_string()))?;
-    write_atomic(&dir.join("meta.json"), meta_json.as_bytes())?;
-    Ok(Prepared { dir, meta })
+            Ok(())
+        })?;
+        progress.finish();
+        let (train_n, train_sha) = w_train.finish()?;
+        let (val_n, val_sha) = w_val.finish()?;
+        log(&format!(
+            "train: {train_bytes} bytes -> {train_n} tokens; val: {} documents, {val_bytes} bytes -> {val_n} tokens",
+            records.iter().map(|r| r.val_documents).sum::<u64>()
+        ));
+        let meta = Meta {
+            format: PREP_FORMAT,
+            corpus_sha256: pin,
+            corpus_bytes: text_bytes,
+            val_fraction: d.val_fraction,
+            vocab_size: cfg.tokenizer.vocab_size,
+            tokenizer_vocab_size: real_vocab,
+            tokenizer_recipe: tokenizer::RECIPE.into(),
+            tokenizers_version: tokenizer::tokenizers_version(),
+            tokenizer_sha256: sha256_hex(json.as_bytes()),
+            dtype: dtype.name().into(),
+            train: SplitMeta { tokens: train_n, bytes: train_bytes, sha256: train_sha },
+            val: SplitMeta { tokens: val_n, bytes: val_bytes, sha256: val_sha },
+            files: records,
+        };
+        let meta_json = serde_json::to_string_pretty(&meta).map_err(|e| Error::msg(e.to_string()))?;
+        write_atomic(&dir.join("meta.json"), meta_json.as_bytes())?;
+        Ok(Prepared { dir: dir.clone(), meta })
+    })();
+    if built.is_err() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    built
 }
 
 /// The copy of a files source's listing kept beside its prepared data (and shipped in a

@@ -37,6 +37,21 @@ pub struct Session {
     /// The kernel dispatch path it took: "avx2-fma", "neon" or "scalar" (same bits on each).
     #[serde(default)]
     pub kernels: String,
+    /// A session of several processes (`dist`, MPI): every rank, rank 0 first. Empty for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<RankRecord>,
+}
+
+/// One rank of a multi-process session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankRecord {
+    pub rank: usize,
+    pub host: String,
+    pub cpu_model: String,
+    pub kernels: String,
+    pub threads: usize,
+    /// Its micro-batches of each step, `lo..hi`.
+    pub micro_batches: [u64; 2],
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,11 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// The step and moment buffers, for sending the state between ranks (`dist`).
+    pub fn buffers_mut(&mut self) -> (&mut u64, &mut [f32], &mut [f32]) {
+        (&mut self.step, &mut self.m, &mut self.v)
+    }
+
     pub fn new(layout: &ParamLayout) -> AdamW {
         AdamW { step: 0, layout: layout.clone(), m: vec![0.0; layout.total], v: vec![0.0; layout.total] }
     }

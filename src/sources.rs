@@ -87,14 +87,32 @@ fn utf8_rel(rel: &Path, shown: &Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// A listing path must be one line of `sha256sum` output as is: no line breaks, and no
+/// backslash (which sha256sum escapes), so two file sets can never give the same listing.
+fn check_listing_path(p: &str) -> Result<()> {
+    if p.contains(['\n', '\r', '\\']) {
+        return Err(Error::hint(
+            format!(
+                "{p:?}: a file name with a line break or a backslash cannot be pinned in a sha256sum listing"
+            ),
+            "rename the file, or leave it out of data.paths",
+        ));
+    }
+    Ok(())
+}
+
 fn hidden(e: &walkdir::DirEntry) -> bool {
-    e.depth() > 0 && e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+    e.depth() > 0 && e.file_name().as_encoded_bytes().starts_with(b".")
 }
 
 /// Every file under `root` (recursively, hidden names skipped), as (relative path, full path).
-fn walk(root: &Path, shown: &str) -> Result<Vec<(String, PathBuf)>> {
+/// With `inside`, directories that lead outside it (through a symlink) are not entered.
+fn walk(root: &Path, shown: &str, inside: Option<&Path>) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
-    let it = walkdir::WalkDir::new(root).follow_links(true).into_iter().filter_entry(|e| !hidden(e));
+    let keep = |e: &walkdir::DirEntry| {
+        !hidden(e) && inside.is_none_or(|r| e.path().canonicalize().is_ok_and(|c| c.starts_with(r)))
+    };
+    let it = walkdir::WalkDir::new(root).follow_links(true).into_iter().filter_entry(keep);
     for e in it {
         let e = e.map_err(|err| {
             let p = err.path().map(|p| p.display().to_string()).unwrap_or_else(|| shown.to_string());
@@ -132,7 +150,8 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
     let root = if confine { Some(base.canonicalize().at(base)?) } else { None };
     for entry in entries {
         let mut files: Vec<(String, PathBuf)> = Vec::new();
-        if is_glob(entry) {
+        // A path that exists is taken literally, even with pattern characters in its name.
+        if is_glob(entry) && !base.join(entry).exists() {
             let glob = globset::GlobBuilder::new(entry).literal_separator(true).build().map_err(|e| {
                 Error::hint(
                     format!("data.paths: {entry:?} is not a valid glob: {e}"),
@@ -145,7 +164,7 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
             let prefix = lit.join("/");
             let dir = base.join(if prefix.is_empty() { "." } else { &prefix });
             if dir.is_dir() {
-                for (rel, full) in walk(&dir, &prefix)? {
+                for (rel, full) in walk(&dir, &prefix, root.as_deref())? {
                     let listing = if prefix.is_empty() { rel.clone() } else { join_listing(&prefix, &rel) };
                     if m.is_match(&listing) {
                         files.push((listing, full));
@@ -156,11 +175,11 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
             let full = base.join(entry);
             match fs::metadata(&full) {
                 Ok(md) if md.is_dir() => {
-                    for (rel, f) in walk(&full, entry)? {
+                    for (rel, f) in walk(&full, entry, root.as_deref())? {
                         files.push((join_listing(entry, &rel), f));
                     }
                 }
-                Ok(_) => files.push((entry.trim_start_matches("./").to_string(), full)),
+                Ok(_) => files.push((entry.to_string(), full)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(Error::hint(
@@ -177,6 +196,7 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
             ));
         }
         for (path, file) in files {
+            check_listing_path(&path)?;
             if let Some(r) = &root {
                 let canon = file.canonicalize().at(&file)?;
                 if !canon.starts_with(r) {
@@ -350,13 +370,20 @@ pub fn read_docs(l: &Listed, field: &str, each: &mut dyn FnMut(u64, &str) -> Res
                     }
                 };
                 drop(dec);
-                match bytes {
-                    Some(b) => parquet_docs(l, field, b, &mut emit)?,
+                // The parquet crate can panic on a malformed file: that is a bad file, named.
+                let run = std::panic::AssertUnwindSafe(|| match bytes {
+                    Some(b) => parquet_docs(l, field, b, &mut emit),
                     None => {
                         let f = fs::File::open(&l.file).at(&l.file)?;
-                        parquet_docs(l, field, f, &mut emit)?
+                        parquet_docs(l, field, f, &mut emit)
                     }
-                }
+                });
+                std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                    Err(Error::hint(
+                        format!("{}: not a readable Parquet file (the reader failed on it)", l.path),
+                        "re-download or re-export the file",
+                    ))
+                })?
             }
         }
     }

@@ -46,11 +46,150 @@ pub struct TrainArgs {
 pub enum Outcome {
     Finished { step: u64, val: EvalResult },
     Interrupted { step: u64, checkpoint: PathBuf },
+    /// A rank other than 0 ended (rank 0 reports for the job).
+    Follower { interrupted: bool },
 }
 
 /// The command that continues a run: the run directory alone holds its config.
 pub fn resume_command(run_dir: &Path) -> String {
     format!("tinylm train --resume {}", shell_quote(&run_dir.display().to_string()))
+}
+
+/// The same for a job of `world` ranks: under mpirun (any number of ranks resumes it).
+pub fn resume_command_for(run_dir: &Path, world: usize) -> String {
+    match world {
+        1 => resume_command(run_dir),
+        w => format!("mpirun -np {w} {}", resume_command(run_dir)),
+    }
+}
+
+/// What a rank tells rank 0 before training: what must be equal, and what is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RankCheck {
+    record: manifest::RankRecord,
+    /// Every config key that can change the weights, resolved.
+    config: BTreeMap<String, String>,
+    data: [String; 3],
+    build: [String; 3],
+}
+
+impl RankCheck {
+    fn of(cfg: &Config, prepared: &Prepared, link: &dyn crate::dist::Link) -> RankCheck {
+        let b = manifest::build_info();
+        let (lo, hi) = crate::dist::block(cfg.train.grad_accum, link.size(), link.rank());
+        RankCheck {
+            record: manifest::RankRecord {
+                rank: link.rank(),
+                host: link.host(),
+                cpu_model: manifest::cpu_model(),
+                kernels: crate::kernels::dispatch_path().into(),
+                threads: cfg.threads(),
+                micro_batches: [lo, hi],
+            },
+            config: cfg.flat().into_iter().filter(|(k, _)| !is_result_neutral(k)).collect(),
+            data: [prepared.meta.tokenizer_sha256.clone(), prepared.meta.train.sha256.clone(), prepared.meta.val.sha256.clone()],
+            build: [b.git_commit, b.git_dirty.to_string(), b.cargo_lock_sha256],
+        }
+    }
+
+    /// The first difference from rank 0's, in words.
+    fn differs(&self, zero: &RankCheck) -> Option<String> {
+        if let Some((k, v)) = self.config.iter().find(|(k, v)| zero.config.get(*k) != Some(v)) {
+            return Some(format!("its config has {k} = {v}, rank 0's {}", zero.config.get(k).map_or("nothing", |s| s)));
+        }
+        if let Some(k) = zero.config.keys().find(|k| !self.config.contains_key(*k)) {
+            return Some(format!("its config lacks {k}"));
+        }
+        let names = ["tokenizer", "train tokens", "val tokens"];
+        for (i, n) in names.iter().enumerate() {
+            if self.data[i] != zero.data[i] {
+                return Some(format!("its {n} hash to {}, rank 0's to {}", self.data[i], zero.data[i]));
+            }
+        }
+        if self.build != zero.build {
+            return Some(format!(
+                "it runs another build (commit {}, dirty {}, Cargo.lock {}) than rank 0 ({}, {}, {})",
+                self.build[0], self.build[1], &self.build[2][..12], zero.build[0], zero.build[1], &zero.build[2][..12]
+            ));
+        }
+        None
+    }
+}
+
+/// Rank 0's side of the start: every rank prepares (after rank 0, so a shared data directory
+/// is reused, not raced), sends its `RankCheck`, and learns whether the job goes on. Returns
+/// every rank's record, rank 0 first, or the error naming the first rank that differs.
+fn start_ranks(cfg: &Config, prepared: &Prepared, link: &dyn crate::dist::Link) -> Result<Vec<manifest::RankRecord>> {
+    let mine = RankCheck::of(cfg, prepared, link);
+    crate::dist::share_bytes(link, Some(b"go"));
+    let mut records = vec![mine.record.clone()];
+    let mut problem = None;
+    for r in 1..link.size() {
+        let bytes = link.recv_bytes(r);
+        let theirs = match serde_json::from_slice::<RankCheck>(&bytes) {
+            Ok(c) => c,
+            Err(_) => {
+                // A rank that failed sends its error instead.
+                let e = String::from_utf8_lossy(&bytes).into_owned();
+                problem.get_or_insert(format!("rank {r} could not start: {e}"));
+                continue;
+            }
+        };
+        if let Some(d) = theirs.differs(&mine) {
+            problem.get_or_insert(format!("rank {r} differs from rank 0: {d}"));
+        }
+        records.push(theirs.record);
+    }
+    let verdict = problem.clone().unwrap_or_default();
+    crate::dist::share_bytes(link, Some(verdict.as_bytes()));
+    match problem {
+        Some(p) => Err(Error::hint(p, "every rank must run the same build on the same config and data; fix that rank's host")),
+        None => Ok(records),
+    }
+}
+
+/// A rank other than 0: no run directory, no output; it prepares its data, checks in with
+/// rank 0, takes rank 0's starting state and runs its share of every step.
+fn follow(args: &TrainArgs, stop: &AtomicBool, link: &dyn crate::dist::Link) -> Result<Outcome> {
+    let cfg = &args.cfg;
+    let go = link.recv_bytes(0);
+    if go != b"go" {
+        return Err(Error::msg("rank 0 did not start"));
+    }
+    let checked = (|| -> Result<(Prepared, Tok)> {
+        let parent = args.parent.as_ref();
+        let p = data::prepare(cfg, Path::new(&cfg.data.dir), parent.map(|p| p.tokenizer.as_slice()), &|_| {})?;
+        let tok = Tok::from_file(&p.tokenizer_path())?;
+        Ok((p, tok))
+    })();
+    let (prepared, tok) = match checked {
+        Ok(x) => {
+            let c = RankCheck::of(cfg, &x.0, link);
+            link.send_bytes(0, &serde_json::to_vec(&c).map_err(|e| Error::msg(e.to_string()))?);
+            x
+        }
+        Err(e) => {
+            link.send_bytes(0, e.to_string().as_bytes());
+            let _ = link.recv_bytes(0);
+            return Err(e);
+        }
+    };
+    let verdict = link.recv_bytes(0);
+    if !verdict.is_empty() {
+        return Err(Error::msg(format!("rank 0 stopped the job: {}", String::from_utf8_lossy(&verdict))));
+    }
+    let train_tokens = prepared.load_tokens("train")?;
+    let mut trainer =
+        Trainer::new(cfg, tok.vocab_size(), &train_tokens, None, args.parent.as_ref())?.with_link(link, stop);
+    trainer.share_state();
+    let mut pacer = crate::threads::Pacer::new();
+    while trainer.step < cfg.train.steps {
+        let st = pacer.run(|| trainer.step())?;
+        if st.stop && trainer.step < cfg.train.steps {
+            return Ok(Outcome::Follower { interrupted: true });
+        }
+    }
+    Ok(Outcome::Follower { interrupted: false })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -281,7 +420,12 @@ pub struct StepStats {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Some rank was asked to stop (its flag was set when it finished this step's micro-batches):
+    /// every rank sees the same value, so all stop after the same step.
+    pub stop: bool,
 }
+
+static SOLO: crate::dist::Solo = crate::dist::Solo;
 
 /// The weights, their optimizer and the training tokens: `step()` runs one optimizer step. Both
 /// `train` and `verify` drive it, so they cannot disagree on what a step is. The weights live in
@@ -299,6 +443,12 @@ pub struct Trainer<'a> {
     /// Optimizer steps completed.
     pub step: u64,
     tokens: &'a Tokens,
+    /// The ranks this step is shared with (`dist`); one process by default.
+    link: &'a dyn crate::dist::Link,
+    /// This process's stop flag, read when its micro-batches are done.
+    stop: Option<&'a AtomicBool>,
+    /// A later rank's gradients of its block, one per micro-batch, until they are combined.
+    mine: Vec<Vec<f32>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -363,7 +513,42 @@ impl<'a> Trainer<'a> {
             },
         };
         let acc = if cfg.train.grad_accum > 1 { vec![0f32; w.len()] } else { Vec::new() };
-        Ok(Trainer { cfg, dims, grad: vec![0f32; w.len()], acc, engine, w, opt, step, tokens })
+        Ok(Trainer {
+            cfg,
+            dims,
+            grad: vec![0f32; w.len()],
+            acc,
+            engine,
+            w,
+            opt,
+            step,
+            tokens,
+            link: &SOLO,
+            stop: None,
+            mine: Vec::new(),
+        })
+    }
+
+    /// Share every step with the other ranks of `link`, and report `stop` in `StepStats`.
+    pub fn with_link(mut self, link: &'a dyn crate::dist::Link, stop: &'a AtomicBool) -> Self {
+        self.link = link;
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Rank 0's weights, optimizer state and step, copied to every other rank: they start where
+    /// rank 0 starts (fresh, resumed or a parent's), whatever they loaded themselves.
+    pub fn share_state(&mut self) {
+        if self.link.size() == 1 {
+            return;
+        }
+        crate::dist::share_f32(self.link, &mut self.w);
+        let (step, m, v) = self.opt.buffers_mut();
+        crate::dist::share_f32(self.link, m);
+        crate::dist::share_f32(self.link, v);
+        let bytes = crate::dist::share_bytes(self.link, Some(&step.to_le_bytes()));
+        *step = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        self.step = *step;
     }
 
     /// The weights as named tensors.
@@ -408,7 +593,7 @@ impl<'a> Trainer<'a> {
     pub fn step(&mut self) -> Result<StepStats> {
         let cfg = self.cfg;
         let lr = optim::lr_at(self.step, &cfg.optim, cfg.schedule_steps());
-        let loss = self.forward_backward()?;
+        let (loss, stop) = self.forward_backward()?;
         let layout = &self.engine.layout;
         let grads = if self.acc.is_empty() { &mut self.grad } else { &mut self.acc };
         let grad_norm = optim::clip(layout, grads, cfg.optim.grad_clip);
@@ -428,21 +613,34 @@ impl<'a> Trainer<'a> {
         }
         self.opt.update(&mut self.w, grads, lr, &cfg.optim);
         self.step += 1;
-        Ok(StepStats { loss, lr, grad_norm })
+        Ok(StepStats { loss, lr, grad_norm, stop })
     }
 
     /// Forward and backward over `grad_accum` micro-batches of this step: the mean loss, and
     /// the gradients in `grad` (one micro-batch) or summed in micro-batch order in `acc`.
-    fn forward_backward(&mut self) -> Result<f64> {
+    /// With several ranks, this one runs its block of micro-batches and `dist::combine` adds
+    /// the blocks in order, so every rank ends with the single-process sum.
+    fn forward_backward(&mut self) -> Result<(f64, bool)> {
         let cfg = self.cfg;
         let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
         let gscale = (1.0 / accum as f64) as f32;
+        let (rank, world) = (self.link.rank(), self.link.size());
+        let (lo, hi) = crate::dist::block(accum, world, rank);
         let mut loss_sum = 0f64;
-        for micro in 0..accum {
+        let mut losses = Vec::new();
+        if rank > 0 && self.mine.len() != (hi - lo) as usize {
+            self.mine = vec![vec![0f32; self.w.len()]; (hi - lo) as usize];
+        }
+        for micro in lo..hi {
             let offsets = data::batch_offsets(cfg.run.seed, self.step, micro, self.tokens.len(), b, t);
             let (x, y) = batch_ids(self.tokens, &offsets, t);
             check_ids(x.iter().chain(&y), self.dims.vocab)?;
             let loss = self.engine.forward_backward(&self.w, &x, &y, gscale, &mut self.grad);
+            if rank > 0 {
+                losses.push(loss as f64);
+                self.mine[(micro - lo) as usize].copy_from_slice(&self.grad);
+                continue;
+            }
             loss_sum += loss as f64;
             if micro == 0 && !self.acc.is_empty() {
                 self.acc.copy_from_slice(&self.grad);
@@ -452,7 +650,14 @@ impl<'a> Trainer<'a> {
                 }
             }
         }
-        Ok(loss_sum / accum as f64)
+        let mut stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        if world > 1 {
+            let mut head = [loss_sum, stop as u8 as f64];
+            crate::dist::combine(self.link, &mut self.acc, &self.mine, &losses, &mut head);
+            loss_sum = head[0];
+            stop = head[1] != 0.0;
+        }
+        Ok((loss_sum / accum as f64, stop))
     }
 
     /// The checkpoint files of the current state: (name, bytes), config and tokenizer given.
@@ -528,9 +733,14 @@ pub fn check_split_sizes(cfg: &Config, train: usize, val: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
+pub fn train(args: TrainArgs, stop: &AtomicBool, link: &dyn crate::dist::Link) -> Result<Outcome> {
     let cfg = &args.cfg;
     let say = |s: &str| eprintln!("{s}");
+    let world = link.size();
+    crate::dist::check_world(world, cfg.train.grad_accum)?;
+    if link.rank() > 0 {
+        return follow(&args, stop, link);
+    }
 
     // 1. Every check, before anything is written into the run directory. An existing run
     //    directory is locked first, so no other process can change it under the checks.
@@ -579,7 +789,10 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         Some(r) => Some(load_resume(r, &args.run_dir, cfg, &prepared)?),
         None => None,
     };
-    let mut trainer = Trainer::new(cfg, tok.vocab_size(), &train_tokens, loaded.as_ref(), parent)?;
+    let ranks = if world > 1 { start_ranks(cfg, &prepared, link)? } else { Vec::new() };
+    let mut trainer =
+        Trainer::new(cfg, tok.vocab_size(), &train_tokens, loaded.as_ref(), parent)?.with_link(link, stop);
+    trainer.share_state();
     let start = trainer.step;
     if let Some(l) = &loaded {
         say(&format!("resuming from {} at step {start}", l.dir.display()));
@@ -645,6 +858,7 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         overrides: args.overrides.clone(),
         numerics: crate::kernels::CONTRACT_VERSION.into(),
         kernels: crate::kernels::dispatch_path().into(),
+        ranks,
     });
     manifest.save(&rd.path)?;
     let mut metrics = rd.metrics(start)?;
@@ -672,9 +886,10 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
         crate::kernels::CONTRACT_VERSION, crate::kernels::dispatch_path()
     ));
     say(&format!(
-        "run directory {}; if stopped, continue with: {}",
+        "run directory {}; if stopped, continue with: {}{}",
         rd.path.display(),
-        resume_command(&rd.path)
+        resume_command_for(&rd.path, world),
+        if world > 1 { format!(" ({world} ranks; any number of ranks up to train.grad_accum resumes it)") } else { String::new() }
     ));
     let bar = std::io::stderr().is_terminal().then(|| {
         let pb = ProgressBar::new(steps);
@@ -739,7 +954,8 @@ pub fn train(args: TrainArgs, stop: &AtomicBool) -> Result<Outcome> {
             None => {}
         }
 
-        let interrupted = stop.load(Ordering::SeqCst);
+        // Several ranks stop together, after the step in which one of them was asked to.
+        let interrupted = if world > 1 { st.stop } else { stop.load(Ordering::SeqCst) };
         let due = last || (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0);
         if due || interrupted {
             let state = state_for(done, st.loss, val_ev, &manifest);

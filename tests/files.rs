@@ -340,6 +340,18 @@ fn every_bad_input_names_the_file_and_where_and_writes_nothing() {
         ),
         ("twice", vec![], "paths = [\"corpus\", \"corpus/ok.txt\"]", "names corpus/ok.txt twice"),
         ("badglob", vec![], "paths = [\"corpus/[x\"]", "is not a valid glob"),
+        (
+            "pq-junk",
+            vec![("corpus/x.parquet", b"PAR1 not really parquet PAR1".to_vec())],
+            "paths = [\"corpus\"]",
+            "corpus/x.parquet: not a readable Parquet file",
+        ),
+        (
+            "newline",
+            vec![("corpus/a\nb.txt", b"text".to_vec())],
+            "paths = [\"corpus\"]",
+            "a file name with a line break or a backslash cannot be pinned",
+        ),
     ];
     for (name, bad, paths, needle) in cases {
         refused(&format!("bad-{name}"), &bad, paths, needle);
