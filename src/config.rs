@@ -170,6 +170,10 @@ pub struct CheckpointConfig {
     pub keep_every: u64,
 }
 
+/// Ranks of this job on this host (`dist`): `run.threads = 0` then means this host's cores
+/// split among them, not all of them for each.
+pub static RANKS_ON_HOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
 /// The largest vocabulary: ids past 65,536 are stored as u32 (`tokens`).
 pub const MAX_VOCAB: u64 = 1 << 20;
 
@@ -747,7 +751,11 @@ impl Config {
 
     pub fn threads(&self) -> usize {
         if self.run.threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            match RANKS_ON_HOST.load(std::sync::atomic::Ordering::Relaxed) {
+                0 | 1 => all,
+                n => (all / n).max(1),
+            }
         } else {
             self.run.threads as usize
         }

@@ -242,8 +242,26 @@ enum Cmd {
 fn main() -> ExitCode {
     tinylm::alloc::tune();
     let cli = Cli::parse();
-    match run(cli) {
+    // MPI starts here (a build with `--features mpi`) and ends when `link` drops.
+    let link = match tinylm::dist::init() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if link.size() > 1 {
+        tinylm::config::RANKS_ON_HOST
+            .store(tinylm::dist::ranks_on_host(), std::sync::atomic::Ordering::Relaxed);
+    }
+    match run(cli, &*link) {
         Ok(code) => code,
+        Err(e) if link.size() > 1 => {
+            // Every rank's errors name it; the job ends at once instead of leaving peers
+            // waiting on this rank.
+            eprintln!("error: rank {}: {e}", link.rank());
+            link.abort(2)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -262,11 +280,23 @@ fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
     tinylm::kernels::configure()?; // a bad TINYLM_KERNELS fails here, before any work
+    if link.size() > 1 && !matches!(cli.cmd, Cmd::Train { .. }) {
+        return Err(Error::hint(
+            format!(
+                "only `tinylm train` runs as several ranks (this is rank {} of {})",
+                link.rank(),
+                link.size()
+            ),
+            "run the other commands without mpirun",
+        ));
+    }
     match cli.cmd {
         Cmd::Train { config, run_dir, set, resume, dry_run } => {
-            tinylm::progress::enable();
+            if link.rank() == 0 {
+                tinylm::progress::enable();
+            }
             let resume =
                 resume.map(|p| if p.is_empty() { Resume::Latest } else { Resume::From(PathBuf::from(p)) });
             // The run a --resume PATH names: the directory itself, or the one holding a checkpoint.
@@ -330,7 +360,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads::configure(cfg.threads());
             let stop = stop_flag();
             let args = TrainArgs { cfg, overrides: set, run_dir: run_dir.clone(), resume, parent };
-            match tinylm::train::train(args, &stop)? {
+            match tinylm::train::train(args, &stop, link)? {
+                Outcome::Follower { interrupted: true } => Ok(ExitCode::from(130)),
+                Outcome::Follower { interrupted: false } => Ok(ExitCode::SUCCESS),
                 Outcome::Finished { step, val } => {
                     eprintln!(
                         "done: {step} steps; val loss {:.4}, perplexity {:.2}, {:.4} bits/byte; run in {}",
@@ -345,7 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!(
                         "interrupted after step {step}; checkpoint {} written.\nresume with: {}",
                         checkpoint.display(),
-                        tinylm::train::resume_command(&run_dir)
+                        tinylm::train::resume_command_for(&run_dir, link.size())
                     );
                     Ok(ExitCode::from(130))
                 }

@@ -44,10 +44,18 @@ pub struct TrainArgs {
 }
 
 pub enum Outcome {
-    Finished { step: u64, val: EvalResult },
-    Interrupted { step: u64, checkpoint: PathBuf },
+    Finished {
+        step: u64,
+        val: EvalResult,
+    },
+    Interrupted {
+        step: u64,
+        checkpoint: PathBuf,
+    },
     /// A rank other than 0 ended (rank 0 reports for the job).
-    Follower { interrupted: bool },
+    Follower {
+        interrupted: bool,
+    },
 }
 
 /// The command that continues a run: the run directory alone holds its config.
@@ -64,7 +72,7 @@ pub fn resume_command_for(run_dir: &Path, world: usize) -> String {
 }
 
 /// What a rank tells rank 0 before training: what must be equal, and what is recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct RankCheck {
     record: manifest::RankRecord,
     /// Every config key that can change the weights, resolved.
@@ -87,7 +95,11 @@ impl RankCheck {
                 micro_batches: [lo, hi],
             },
             config: cfg.flat().into_iter().filter(|(k, _)| !is_result_neutral(k)).collect(),
-            data: [prepared.meta.tokenizer_sha256.clone(), prepared.meta.train.sha256.clone(), prepared.meta.val.sha256.clone()],
+            data: [
+                prepared.meta.tokenizer_sha256.clone(),
+                prepared.meta.train.sha256.clone(),
+                prepared.meta.val.sha256.clone(),
+            ],
             build: [b.git_commit, b.git_dirty.to_string(), b.cargo_lock_sha256],
         }
     }
@@ -95,7 +107,10 @@ impl RankCheck {
     /// The first difference from rank 0's, in words.
     fn differs(&self, zero: &RankCheck) -> Option<String> {
         if let Some((k, v)) = self.config.iter().find(|(k, v)| zero.config.get(*k) != Some(v)) {
-            return Some(format!("its config has {k} = {v}, rank 0's {}", zero.config.get(k).map_or("nothing", |s| s)));
+            return Some(format!(
+                "its config has {k} = {v}, rank 0's {}",
+                zero.config.get(k).map_or("nothing", |s| s)
+            ));
         }
         if let Some(k) = zero.config.keys().find(|k| !self.config.contains_key(*k)) {
             return Some(format!("its config lacks {k}"));
@@ -109,7 +124,12 @@ impl RankCheck {
         if self.build != zero.build {
             return Some(format!(
                 "it runs another build (commit {}, dirty {}, Cargo.lock {}) than rank 0 ({}, {}, {})",
-                self.build[0], self.build[1], &self.build[2][..12], zero.build[0], zero.build[1], &zero.build[2][..12]
+                self.build[0],
+                self.build[1],
+                &self.build[2][..12],
+                zero.build[0],
+                zero.build[1],
+                &zero.build[2][..12]
             ));
         }
         None
@@ -119,7 +139,11 @@ impl RankCheck {
 /// Rank 0's side of the start: every rank prepares (after rank 0, so a shared data directory
 /// is reused, not raced), sends its `RankCheck`, and learns whether the job goes on. Returns
 /// every rank's record, rank 0 first, or the error naming the first rank that differs.
-fn start_ranks(cfg: &Config, prepared: &Prepared, link: &dyn crate::dist::Link) -> Result<Vec<manifest::RankRecord>> {
+fn start_ranks(
+    cfg: &Config,
+    prepared: &Prepared,
+    link: &dyn crate::dist::Link,
+) -> Result<Vec<manifest::RankRecord>> {
     let mine = RankCheck::of(cfg, prepared, link);
     crate::dist::share_bytes(link, Some(b"go"));
     let mut records = vec![mine.record.clone()];
@@ -143,7 +167,10 @@ fn start_ranks(cfg: &Config, prepared: &Prepared, link: &dyn crate::dist::Link) 
     let verdict = problem.clone().unwrap_or_default();
     crate::dist::share_bytes(link, Some(verdict.as_bytes()));
     match problem {
-        Some(p) => Err(Error::hint(p, "every rank must run the same build on the same config and data; fix that rank's host")),
+        Some(p) => Err(Error::hint(
+            p,
+            "every rank must run the same build on the same config and data; fix that rank's host",
+        )),
         None => Ok(records),
     }
 }
@@ -158,7 +185,8 @@ fn follow(args: &TrainArgs, stop: &AtomicBool, link: &dyn crate::dist::Link) -> 
     }
     let checked = (|| -> Result<(Prepared, Tok)> {
         let parent = args.parent.as_ref();
-        let p = data::prepare(cfg, Path::new(&cfg.data.dir), parent.map(|p| p.tokenizer.as_slice()), &|_| {})?;
+        let p =
+            data::prepare(cfg, Path::new(&cfg.data.dir), parent.map(|p| p.tokenizer.as_slice()), &|_| {})?;
         let tok = Tok::from_file(&p.tokenizer_path())?;
         Ok((p, tok))
     })();
@@ -423,6 +451,8 @@ pub struct StepStats {
     /// Some rank was asked to stop (its flag was set when it finished this step's micro-batches):
     /// every rank sees the same value, so all stop after the same step.
     pub stop: bool,
+    /// Seconds this rank spent combining gradients with the others (0 for one process).
+    pub combine_secs: f64,
 }
 
 static SOLO: crate::dist::Solo = crate::dist::Solo;
@@ -593,7 +623,7 @@ impl<'a> Trainer<'a> {
     pub fn step(&mut self) -> Result<StepStats> {
         let cfg = self.cfg;
         let lr = optim::lr_at(self.step, &cfg.optim, cfg.schedule_steps());
-        let (loss, stop) = self.forward_backward()?;
+        let (loss, stop, combine_secs) = self.forward_backward()?;
         let layout = &self.engine.layout;
         let grads = if self.acc.is_empty() { &mut self.grad } else { &mut self.acc };
         let grad_norm = optim::clip(layout, grads, cfg.optim.grad_clip);
@@ -613,14 +643,14 @@ impl<'a> Trainer<'a> {
         }
         self.opt.update(&mut self.w, grads, lr, &cfg.optim);
         self.step += 1;
-        Ok(StepStats { loss, lr, grad_norm, stop })
+        Ok(StepStats { loss, lr, grad_norm, stop, combine_secs })
     }
 
     /// Forward and backward over `grad_accum` micro-batches of this step: the mean loss, and
     /// the gradients in `grad` (one micro-batch) or summed in micro-batch order in `acc`.
     /// With several ranks, this one runs its block of micro-batches and `dist::combine` adds
     /// the blocks in order, so every rank ends with the single-process sum.
-    fn forward_backward(&mut self) -> Result<(f64, bool)> {
+    fn forward_backward(&mut self) -> Result<(f64, bool, f64)> {
         let cfg = self.cfg;
         let (b, t, accum) = (cfg.train.batch_size as usize, cfg.train.context as usize, cfg.train.grad_accum);
         let gscale = (1.0 / accum as f64) as f32;
@@ -651,13 +681,16 @@ impl<'a> Trainer<'a> {
             }
         }
         let mut stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        let mut secs = 0.0;
         if world > 1 {
+            let t = Instant::now();
             let mut head = [loss_sum, stop as u8 as f64];
             crate::dist::combine(self.link, &mut self.acc, &self.mine, &losses, &mut head);
             loss_sum = head[0];
             stop = head[1] != 0.0;
+            secs = t.elapsed().as_secs_f64();
         }
-        Ok((loss_sum / accum as f64, stop))
+        Ok((loss_sum / accum as f64, stop, secs))
     }
 
     /// The checkpoint files of the current state: (name, bytes), config and tokenizer given.
@@ -889,7 +922,11 @@ pub fn train(args: TrainArgs, stop: &AtomicBool, link: &dyn crate::dist::Link) -
         "run directory {}; if stopped, continue with: {}{}",
         rd.path.display(),
         resume_command_for(&rd.path, world),
-        if world > 1 { format!(" ({world} ranks; any number of ranks up to train.grad_accum resumes it)") } else { String::new() }
+        if world > 1 {
+            format!(" ({world} ranks; any number of ranks up to train.grad_accum resumes it)")
+        } else {
+            String::new()
+        }
     ));
     let bar = std::io::stderr().is_terminal().then(|| {
         let pb = ProgressBar::new(steps);
@@ -920,6 +957,10 @@ pub fn train(args: TrainArgs, stop: &AtomicBool, link: &dyn crate::dist::Link) -
             "tokens": done * tokens_per_step, "tokens_per_sec": tps,
             "threads": pacer.last_threads(),
         });
+        if world > 1 {
+            // Rank 0's wait for the others plus the exchange itself: where the ranks' speeds differ.
+            line["combine_secs"] = st.combine_secs.into();
+        }
         let last = done == steps;
         let mut val_ev = None;
         if last || (cfg.eval.every > 0 && done % cfg.eval.every == 0) {

@@ -647,3 +647,27 @@ fn fuzzed_configs_and_flags_fail_cleanly() {
     assert!(failures >= 100, "only {failures} of 140 mutations were rejected");
     assert!(!d.path("checkpoints").exists(), "a dry run wrote a run directory");
 }
+
+/// A binary built without MPI, started as one of several ranks (mpirun sets these variables),
+/// refuses instead of training W independent copies into the same directory.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_one_of_several_ranks() {
+    let d = Dir::new("no-mpi");
+    let cfg = d.config();
+    let o = d
+        .cmd(&["train", "--config", &cfg, "--run-dir", "runs/a"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "built without MPI, but runs as rank 1 of 2");
+    assert!(!d.path("runs/a").exists());
+    // A world of one (mpirun -np 1) is a plain run.
+    let o = d
+        .cmd(&["train", "--config", &cfg, "--run-dir", "runs/b", "--dry-run"])
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
