@@ -46,6 +46,10 @@ pub struct Pacer {
     /// Steps until a probe may come.
     wait: u32,
     last_threads: usize,
+    /// The smaller pool has not been tried yet: one probe right after the first settled step,
+    /// so a core that is busy from the start is noticed at once (a slowdown against the fastest
+    /// step cannot show it: every step is slow).
+    opening: bool,
 }
 
 impl Default for Pacer {
@@ -68,6 +72,7 @@ impl Pacer {
             slow: 0,
             wait: 1, // the first step pays for page faults: not a speed
             last_threads: n,
+            opening: true,
         }
     }
 
@@ -85,7 +90,8 @@ impl Pacer {
 
     /// (run the next step on the smaller pool, it is a probe).
     fn choose(&self) -> (bool, bool) {
-        let probe = self.wait == 0 && (self.use_fewer || self.slow >= SLOW_STEPS);
+        let opening = self.opening && self.best_full.is_finite();
+        let probe = self.wait == 0 && (self.use_fewer || self.slow >= SLOW_STEPS || opening);
         (self.use_fewer != probe, probe)
     }
 
@@ -106,7 +112,9 @@ impl Pacer {
             // The probed pool against the last step of the other one.
             self.use_fewer = self.last_fewer < self.last_full;
             self.slow = 0;
-            self.wait = PROBE_EVERY;
+            // A lost opening probe leaves the usual watch for a slowdown free to act at once.
+            self.wait = if self.opening && !self.use_fewer { 0 } else { PROBE_EVERY };
+            self.opening = false;
         }
     }
 
@@ -131,6 +139,7 @@ mod tests {
             slow: 0,
             wait: 1,
             last_threads: 2,
+            opening: true,
         };
         (0..steps)
             .map(|i| {
@@ -142,14 +151,22 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_machine_never_tries_the_smaller_pool() {
+    fn an_idle_machine_tries_the_smaller_pool_once_at_the_start_only() {
         // A slow first step (page faults) and noise up to 25% do not count as slow.
         let pools = drive(300, |i, fewer| match (i, fewer) {
             (_, true) => 2.0,
             (0, _) => 5.0,
             _ => 1.0 + (i % 4) as f64 * 0.08,
         });
-        assert!(pools.iter().all(|&f| !f));
+        assert_eq!(pools.iter().filter(|&&f| f).count(), 1, "{pools:?}");
+        assert!(pools[2], "the opening probe comes right after the first settled step");
+    }
+
+    #[test]
+    fn a_core_busy_from_the_start_moves_steps_to_the_smaller_pool_at_once() {
+        // Every full-pool step is slow from the first: no slowdown against the fastest shows.
+        let pools = drive(100, |_, fewer| if fewer { 1.2 } else { 1.6 });
+        assert!(pools[2..50].iter().filter(|&&f| f).count() >= 47, "{pools:?}");
     }
 
     #[test]
@@ -181,6 +198,7 @@ mod tests {
             (false, false) => 2.0,
         });
         let probes = pools.iter().filter(|&&f| f).count();
-        assert!((1..=6).contains(&probes), "{probes}");
+        // The opening probe, then one per PROBE_EVERY + SLOW_STEPS steps.
+        assert!((2..=7).contains(&probes), "{probes}");
     }
 }
