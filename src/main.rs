@@ -90,6 +90,10 @@ enum Cmd {
         /// Re-execute from this recorded checkpoint instead of from scratch.
         #[arg(long, value_name = "STEP")]
         from: Option<u64>,
+        /// Stop at this recorded checkpoint: with --from, one segment of the run, so a long
+        /// run can be checked in pieces (by several people, or machines).
+        #[arg(long, value_name = "STEP")]
+        to: Option<u64>,
         /// Only check the files on disk against the manifest (no retraining).
         #[arg(long)]
         files_only: bool,
@@ -423,6 +427,7 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
         Cmd::Verify {
             run_dir,
             from,
+            to,
             files_only,
             scratch,
             keep_scratch,
@@ -443,6 +448,7 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
                 &verify::VerifyArgs {
                     run_dir,
                     from,
+                    to,
                     files_only,
                     scratch,
                     keep_scratch,

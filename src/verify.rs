@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct VerifyArgs {
     pub run_dir: PathBuf,
     pub from: Option<u64>,
+    /// The last checkpoint to re-execute to (a segment `from..=to`); default: the newest.
+    pub to: Option<u64>,
     pub files_only: bool,
     pub scratch: Option<PathBuf>,
     pub keep_scratch: bool,
@@ -490,14 +492,14 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
             let bad: Vec<&Row> =
                 rows.iter().filter(|r| r.artifact.starts_with(&format!("{}/", rec.dir)) && !r.ok()).collect();
             if !bad.is_empty() {
-                return Err(Error::hint(
-                    format!(
-                        "checkpoint {} does not match the manifest ({}), so it cannot be the starting point",
-                        rec.dir,
-                        bad.iter().map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                    "verify from scratch (drop --from) or from another checkpoint",
-                ));
+                // A tampered start fails the segment (exit 1), as a tampered end does: nothing
+                // is re-executed from bytes the manifest does not vouch for.
+                let what = format!(
+                    "the starting checkpoint {} does not match the manifest ({}); nothing was re-executed",
+                    rec.dir,
+                    bad.iter().map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                return Ok(Report { rows, divergence: Some(what), notes: numerics_notes(&m), unverified: Vec::new() });
             }
             Some(checkpoint::load(&layout.checkpoints.join(&rec.dir))?)
         }
@@ -513,7 +515,19 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         rec.files.retain(|n, _| [MODEL_FILE, OPTIM_FILE, TOKENIZER_FILE].contains(&n.as_str()));
         extra.push(rec);
     }
-    let targets: Vec<_> = m.checkpoints.iter().filter(|c| c.step > start).chain(extra.iter()).collect();
+    if let Some(to) = a.to {
+        if !m.checkpoints.iter().any(|c| c.step == to && c.present) || to <= start {
+            let have: Vec<String> =
+                m.checkpoints.iter().filter(|c| c.present && c.step > start).map(|c| c.step.to_string()).collect();
+            return Err(Error::hint(
+                format!("--to {to}: no recorded checkpoint at that step after step {start}"),
+                format!("--to takes one of: {}", have.join(", ")),
+            ));
+        }
+    }
+    let end = a.to.unwrap_or(u64::MAX);
+    let targets: Vec<_> =
+        m.checkpoints.iter().filter(|c| c.step > start && c.step <= end).chain(extra.iter().filter(|c| c.step <= end)).collect();
     let last = targets.iter().map(|c| c.step).max().unwrap_or(start);
     cfg.check_memory(&cfg_path)?;
 
