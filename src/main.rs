@@ -286,10 +286,10 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
     tinylm::kernels::configure()?; // a bad TINYLM_KERNELS fails here, before any work
-    if link.size() > 1 && !matches!(cli.cmd, Cmd::Train { .. }) {
+    if link.size() > 1 && !matches!(cli.cmd, Cmd::Train { .. } | Cmd::Verify { .. }) {
         return Err(Error::hint(
             format!(
-                "only `tinylm train` runs as several ranks (this is rank {} of {})",
+                "only `tinylm train` and `tinylm verify` run as several ranks (this is rank {} of {})",
                 link.rank(),
                 link.size()
             ),
@@ -444,6 +444,26 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
             };
             threads::configure(n);
             let stop = stop_flag();
+            if link.size() > 1 {
+                if files_only || scratch.is_some() {
+                    return Err(Error::hint(
+                        "--files-only and --scratch are for a verify in one process",
+                        "run them without mpirun",
+                    ));
+                }
+                let base = verify::VerifyArgs {
+                    run_dir,
+                    from,
+                    to,
+                    files_only,
+                    scratch: None,
+                    keep_scratch,
+                    corpus,
+                    allow_download,
+                    parent,
+                };
+                return verify_segments(&base, &stop, link);
+            }
             let report = verify::verify(
                 &verify::VerifyArgs {
                     run_dir,
@@ -580,6 +600,85 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
             print!("{}", tinylm::release::batches::to_jsonl(step, &w));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `mpirun -np N tinylm verify RUN`: the run's recorded checkpoints cut it into segments
+/// (from one checkpoint to the next), rank r re-executes segments r, r + N, ... each from its
+/// own starting checkpoint, and rank 0 prints every segment's report. Exit 0 when all match,
+/// 1 when one does not, 2 when one could not run.
+fn verify_segments(
+    base: &verify::VerifyArgs,
+    stop: &AtomicBool,
+    link: &dyn tinylm::dist::Link,
+) -> Result<ExitCode> {
+    let layout = verify::Layout::detect(&base.run_dir);
+    let m = tinylm::run::read_manifest(&layout.run)?.ok_or_else(|| {
+        Error::hint(
+            format!("{} has no manifest.json: it is not a tinylm run directory", base.run_dir.display()),
+            "pass the directory `tinylm train` wrote, e.g. checkpoints/tiny",
+        )
+    })?;
+    let start = base.from.unwrap_or(0);
+    let end = base.to.unwrap_or(u64::MAX);
+    let mut points = vec![start];
+    points.extend(
+        m.checkpoints.iter().filter(|c| c.present && c.step > start && c.step <= end).map(|c| c.step),
+    );
+    let segments: Vec<(u64, u64)> = points.windows(2).map(|w| (w[0], w[1])).collect();
+    let (r, w) = (link.rank(), link.size());
+    let mut mine = Vec::new();
+    for (i, &(a, b)) in segments.iter().enumerate().filter(|(i, _)| i % w == r) {
+        let args = verify::VerifyArgs { from: (a > 0).then_some(a), to: Some(b), ..base.clone() };
+        let (code, text) = match verify::verify(&args, stop) {
+            Ok(rep) if rep.ok() => (0, rep.table()),
+            Ok(rep) => {
+                let bad: Vec<&str> =
+                    rep.rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.as_str()).collect();
+                (1, format!("{}MISMATCH: {}\n", rep.table(), bad.join(", ")))
+            }
+            Err(e) => (2, format!("error: {e}\n")),
+        };
+        mine.push(
+            serde_json::json!({"segment": i, "from": a, "to": b, "rank": r, "code": code, "text": text}),
+        );
+    }
+    let bytes = serde_json::to_vec(&mine).map_err(|e| Error::msg(e.to_string()))?;
+    if r > 0 {
+        link.send_bytes(0, &bytes);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all = mine;
+    for from in 1..w {
+        let got: Vec<serde_json::Value> = serde_json::from_slice(&link.recv_bytes(from)).unwrap_or_default();
+        all.extend(got);
+    }
+    all.sort_by_key(|v| v["segment"].as_u64().unwrap_or(0));
+    let mut worst = 0;
+    for v in &all {
+        let code = v["code"].as_u64().unwrap_or(2);
+        worst = worst.max(code);
+        println!(
+            "== segment {}: steps {} -> {} (rank {}): {}",
+            v["segment"],
+            v["from"],
+            v["to"],
+            v["rank"],
+            ["ok", "MISMATCH", "error"][code.min(2) as usize]
+        );
+        print!("{}", v["text"].as_str().unwrap_or(""));
+    }
+    if all.len() != segments.len() {
+        println!("error: {} of {} segments reported", all.len(), segments.len());
+        worst = 2;
+    }
+    match worst {
+        0 => {
+            println!("verified: {} segments on {w} ranks, every recorded hash matches", segments.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        1 => Ok(ExitCode::from(1)),
+        _ => Ok(ExitCode::from(2)),
     }
 }
 

@@ -25,6 +25,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[derive(Clone)]
 pub struct VerifyArgs {
     pub run_dir: PathBuf,
     pub from: Option<u64>,
@@ -499,7 +500,12 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
                     rec.dir,
                     bad.iter().map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")
                 );
-                return Ok(Report { rows, divergence: Some(what), notes: numerics_notes(&m), unverified: Vec::new() });
+                return Ok(Report {
+                    rows,
+                    divergence: Some(what),
+                    notes: numerics_notes(&m),
+                    unverified: Vec::new(),
+                });
             }
             Some(checkpoint::load(&layout.checkpoints.join(&rec.dir))?)
         }
@@ -517,8 +523,12 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
     }
     if let Some(to) = a.to {
         if !m.checkpoints.iter().any(|c| c.step == to && c.present) || to <= start {
-            let have: Vec<String> =
-                m.checkpoints.iter().filter(|c| c.present && c.step > start).map(|c| c.step.to_string()).collect();
+            let have: Vec<String> = m
+                .checkpoints
+                .iter()
+                .filter(|c| c.present && c.step > start)
+                .map(|c| c.step.to_string())
+                .collect();
             return Err(Error::hint(
                 format!("--to {to}: no recorded checkpoint at that step after step {start}"),
                 format!("--to takes one of: {}", have.join(", ")),
@@ -526,8 +536,12 @@ pub fn verify(a: &VerifyArgs, stop: &AtomicBool) -> Result<Report> {
         }
     }
     let end = a.to.unwrap_or(u64::MAX);
-    let targets: Vec<_> =
-        m.checkpoints.iter().filter(|c| c.step > start && c.step <= end).chain(extra.iter().filter(|c| c.step <= end)).collect();
+    let targets: Vec<_> = m
+        .checkpoints
+        .iter()
+        .filter(|c| c.step > start && c.step <= end)
+        .chain(extra.iter().filter(|c| c.step <= end))
+        .collect();
     let last = targets.iter().map(|c| c.step).max().unwrap_or(start);
     cfg.check_memory(&cfg_path)?;
 

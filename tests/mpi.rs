@@ -194,3 +194,37 @@ fn sigterm_to_mpirun_checkpoints_every_rank_at_one_step_and_the_printed_resume_g
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(checkpoint_files(&d.path("runs/a"), 400), checkpoint_files(&d.path("runs/solo"), 400));
 }
+
+#[test]
+fn verify_shares_the_segments_among_the_ranks_and_a_tampered_checkpoint_fails_it() {
+    let d = mpi_dir("mpi-verify");
+    d.train("runs/a", &[]);
+    let verify = |np: usize| {
+        let mut c = mpirun(&d, np, &["verify", "runs/a"]);
+        c.current_dir(&d.0);
+        run_bounded(c, Duration::from_secs(600))
+    };
+    let o = verify(2);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    // Checkpoints at 5, 10, 12: three segments, on ranks 0, 1, 0.
+    for s in [
+        "segment 0: steps 0 -> 5 (rank 0): ok",
+        "segment 1: steps 5 -> 10 (rank 1): ok",
+        "segment 2: steps 10 -> 12 (rank 0): ok",
+    ] {
+        assert!(out.contains(s), "{s:?} missing:\n{out}");
+    }
+    assert!(out.contains("verified: 3 segments on 2 ranks"), "{out}");
+    // A flipped byte in the checkpoint that ends segment 1 and starts segment 2 fails both.
+    let p = d.path("runs/a/step-00000010/model.safetensors");
+    let mut b = bytes(&p);
+    let i = b.len() - 3;
+    b[i] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    let o = verify(2);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("segment 1: steps 5 -> 10 (rank 1): MISMATCH"), "{out}");
+    assert!(out.contains("segment 2: steps 10 -> 12 (rank 0): MISMATCH"), "{out}");
+}

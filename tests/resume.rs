@@ -275,7 +275,13 @@ fn a_segment_verifies_alone_and_a_tampered_end_fails_it() {
         bad[i] ^= 1;
         std::fs::write(&p, &bad).unwrap();
         let o = d.run(&["verify", "runs/a", "--from", "5", "--to", "10"]);
-        assert_eq!(o.status.code(), Some(1), "a tampered {end} must fail the segment:\n{}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "a tampered {end} must fail the segment:\n{}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
         std::fs::write(&p, &good).unwrap();
     }
 }
