@@ -447,6 +447,36 @@ pub fn split_point(text: &str, val_fraction: f64) -> usize {
     cut
 }
 
+/// The tokenizer of a prepared directory: a given one (a fine-tune's parent's) as is, else
+/// the one `train` makes; written to `dir`, loaded, with a note when BPE ran out of merges.
+fn write_tokenizer(
+    dir: &Path,
+    cfg: &Config,
+    given: Option<&[u8]>,
+    train: impl FnOnce() -> Result<String>,
+    log: &dyn Fn(&str),
+) -> Result<(String, Tok)> {
+    let json = match given {
+        Some(t) => {
+            log("using the parent's tokenizer (init.from); no tokenizer is trained");
+            String::from_utf8(t.to_vec())
+                .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
+        }
+        None => train()?,
+    };
+    let tok_path = dir.join(TOKENIZER_JSON);
+    write_atomic(&tok_path, json.as_bytes())?;
+    let tok = if given.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
+    let real_vocab = tok.vocab_size() as u64;
+    if given.is_none() && real_vocab < cfg.tokenizer.vocab_size {
+        log(&format!(
+            "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
+            cfg.tokenizer.vocab_size
+        ));
+    }
+    Ok((json, tok))
+}
+
 /// Run the data and tokenizer steps, reusing earlier results when their inputs are unchanged.
 /// Derived files go under `data_dir` (normally `data.dir`; verify uses a scratch directory).
 /// A downloaded corpus is always cached at `data.path`, or under `data.dir` when that is unset.
@@ -509,31 +539,21 @@ pub fn prepare(
             cfg.data.val_fraction
         ));
     }
-    let json = match tokenizer {
-        Some(t) => {
-            log("using the parent's tokenizer (init.from); no tokenizer is trained");
-            String::from_utf8(t.to_vec())
-                .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
-        }
-        None => {
+    let (json, tok) = write_tokenizer(
+        &dir,
+        cfg,
+        tokenizer,
+        || {
             log(&format!(
                 "training BPE tokenizer (vocab {}) on {} bytes",
                 cfg.tokenizer.vocab_size,
                 train_text.len()
             ));
-            tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)?
-        }
-    };
-    let tok_path = dir.join(TOKENIZER_JSON);
-    write_atomic(&tok_path, json.as_bytes())?;
-    let tok = if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
+            tokenizer::train(train_text, cfg.tokenizer.vocab_size as usize)
+        },
+        log,
+    )?;
     let real_vocab = tok.vocab_size() as u64;
-    if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
-        log(&format!(
-            "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
-            cfg.tokenizer.vocab_size
-        ));
-    }
 
     let dtype = Dtype::for_vocab(real_vocab);
     let write_split = |split: &str, part: &str| -> Result<SplitMeta> {
@@ -815,47 +835,31 @@ fn prepare_files(
         let paths: Vec<&str> = files.iter().map(|l| l.path.as_str()).collect();
 
         // Pass 2: the tokenizer, on the train documents' lines.
-        let json = match tokenizer {
-            Some(t) => {
-                log("using the parent's tokenizer (init.from); no tokenizer is trained");
-                String::from_utf8(t.to_vec())
-                    .map_err(|e| Error::msg(format!("the parent's tokenizer.json is not UTF-8: {e}")))?
-            }
-            None => {
-                log(&format!(
-                    "training BPE tokenizer (vocab {}) on the train documents",
-                    cfg.tokenizer.vocab_size
-                ));
-                let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
-                let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
-                let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
-                    let lines = batches.flat_map(|b| {
-                        progress.add(b.iter().map(|x| x.text.len() as u64).sum());
-                        b.into_iter().flat_map(|doc| {
-                            doc.text
-                                .split(crate::corpus::EOT)
-                                .flat_map(|p| p.split_inclusive('\n'))
-                                .map(str::to_string)
-                                .collect::<Vec<_>>()
-                        })
-                    });
-                    pool.install(|| tokenizer::train_on(lines, cfg.tokenizer.vocab_size as usize))
-                })?;
-                progress.finish();
-                json
-            }
-        };
-        let tok_path = dir.join(TOKENIZER_JSON);
-        write_atomic(&tok_path, json.as_bytes())?;
-        let tok =
-            if tokenizer.is_some() { Tok::from_file_any(&tok_path)? } else { Tok::from_file(&tok_path)? };
-        let real_vocab = tok.vocab_size() as u64;
-        if tokenizer.is_none() && real_vocab < cfg.tokenizer.vocab_size {
+        let train = || -> Result<String> {
             log(&format!(
-                "note: the corpus supports only {real_vocab} tokens, fewer than tokenizer.vocab_size = {} (BPE ran out of pairs to merge); the model's vocabulary is {real_vocab}",
+                "training BPE tokenizer (vocab {}) on the train documents",
                 cfg.tokenizer.vocab_size
             ));
-        }
+            let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
+            let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
+            let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
+                let lines = batches.flat_map(|b| {
+                    progress.add(b.iter().map(|x| x.text.len() as u64).sum());
+                    b.into_iter().flat_map(|doc| {
+                        doc.text
+                            .split(crate::corpus::EOT)
+                            .flat_map(|p| p.split_inclusive('\n'))
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                });
+                pool.install(|| tokenizer::train_on(lines, cfg.tokenizer.vocab_size as usize))
+            })?;
+            progress.finish();
+            Ok(json)
+        };
+        let (json, tok) = write_tokenizer(&dir, cfg, tokenizer, train, log)?;
+        let real_vocab = tok.vocab_size() as u64;
         if tok.eot() == u32::MAX {
             return Err(Error::hint(
                 "the parent's tokenizer has no <|endoftext|> token, which a files source needs between documents",
