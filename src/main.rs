@@ -24,6 +24,9 @@ use tinylm::{sample, threads, verify, Error, Result};
   tinylm audit release/tiny                            check hashes, licences and the MOF class
   tinylm eval --checkpoint release/tiny --text my.txt  loss, perplexity, bits/byte on any text
   tinylm export checkpoints/tiny --gguf tiny.gguf      a GGUF file for llama.cpp
+  tinylm prepare --config configs/files.toml           your own folder of txt/jsonl/parquet (prints its pin)
+  mpirun -np 4 tinylm train --config FILE              several ranks, same bits (a build with --features mpi)
+  mpirun -np 4 tinylm verify checkpoints/tiny          the run's segments shared among the ranks
 
 Exit codes: 0 ok, 1 verify mismatch or audit failed, 2 error, 130 interrupted (a checkpoint was written)."
 )]
