@@ -447,6 +447,16 @@ pub fn split_point(text: &str, val_fraction: f64) -> usize {
     cut
 }
 
+/// A prepared-data directory, with the error a read-only data.dir gets.
+fn create_data_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| {
+        Error::hint(
+            format!("cannot create data directory {}: {e}", dir.display()),
+            "set data.dir to a writable directory",
+        )
+    })
+}
+
 /// The tokenizer of a prepared directory: a given one (a fine-tune's parent's) as is, else
 /// the one `train` makes; written to `dir`, loaded, with a note when BPE ran out of merges.
 fn write_tokenizer(
@@ -512,12 +522,7 @@ pub fn prepare(
         log(&format!("reusing prepared data in {}", dir.display()));
         return Ok(prepared);
     }
-    fs::create_dir_all(&dir).map_err(|e| {
-        Error::hint(
-            format!("cannot create data directory {}: {e}", dir.display()),
-            "set data.dir to a writable directory",
-        )
-    })?;
+    create_data_dir(&dir)?;
 
     let cut = split_point(&text, cfg.data.val_fraction);
     let (train_text, val_text) = text.split_at(cut);
@@ -757,10 +762,10 @@ fn prepare_files(
         if scan.documents > 0 && k < min.0 {
             min = (k, fi, i);
         }
-        scans.push((scan, v));
+        scans.push(scan);
     }
-    let docs: u64 = scans.iter().map(|(s, _)| s.documents).sum();
-    let text_bytes: u64 = scans.iter().map(|(s, _)| s.text_bytes).sum();
+    let docs: u64 = scans.iter().map(|s| s.documents).sum();
+    let text_bytes: u64 = scans.iter().map(|s| s.text_bytes).sum();
     if docs == 0 {
         return Err(Error::hint(
             format!("the {} files of data.paths hold no documents (every one is empty)", files.len()),
@@ -779,7 +784,7 @@ fn prepare_files(
         ));
     }
     let pairs: Vec<(String, String)> =
-        files.iter().zip(&scans).map(|(l, (s, _))| (l.path.clone(), s.sha256.clone())).collect();
+        files.iter().zip(&scans).map(|(l, s)| (l.path.clone(), s.sha256.clone())).collect();
     let listing = sources::listing(&pairs);
     let pin = sha256_hex(listing.as_bytes());
     let want = d.sha256.as_deref().map(str::to_lowercase);
@@ -821,17 +826,11 @@ fn prepare_files(
             "use a parent whose tokenizer has <|endoftext|>",
         ));
     }
-    fs::create_dir_all(&dir).map_err(|e| {
-        Error::hint(
-            format!("cannot create data directory {}: {e}", dir.display()),
-            "set data.dir to a writable directory",
-        )
-    })?;
+    create_data_dir(&dir)?;
     // Passes 2 and 3 write; if one fails (a file changed under it), the half-built directory
     // goes, so nothing but complete, hashed results stays under data.dir.
     let built = (|| -> Result<Prepared> {
         write_atomic(&top.join(LISTING), listing.as_bytes())?;
-        let just_scans: Vec<sources::Scan> = scans.iter().map(|(s, _)| s.clone()).collect();
         let paths: Vec<&str> = files.iter().map(|l| l.path.as_str()).collect();
 
         // Pass 2: the tokenizer, on the train documents' lines.
@@ -842,7 +841,7 @@ fn prepare_files(
             ));
             let progress = crate::progress::Progress::new("training tokenizer", text_bytes);
             let keep = |fi: usize, di: u64| (!is_val(fi, di, paths[fi])).then_some(false);
-            let json = stream_docs(&files, &just_scans, &d.text_field, 1 << 20, &keep, |batches| {
+            let json = stream_docs(&files, &scans, &d.text_field, 1 << 20, &keep, |batches| {
                 let lines = batches.flat_map(|b| {
                     progress.add(b.iter().map(|x| x.text.len() as u64).sum());
                     b.into_iter().flat_map(|doc| {
@@ -874,7 +873,7 @@ fn prepare_files(
         let mut records: Vec<FileRecord> = files
             .iter()
             .zip(&scans)
-            .map(|(l, (s, _))| FileRecord {
+            .map(|(l, s)| FileRecord {
                 path: l.path.clone(),
                 bytes: s.bytes,
                 sha256: s.sha256.clone(),
@@ -887,7 +886,7 @@ fn prepare_files(
         let (mut train_bytes, mut val_bytes) = (0u64, 0u64);
         let progress = crate::progress::Progress::new("encoding", text_bytes);
         let keep = |fi: usize, di: u64| Some(is_val(fi, di, paths[fi]));
-        stream_docs(&files, &just_scans, &d.text_field, 8 << 20, &keep, |batches| {
+        stream_docs(&files, &scans, &d.text_field, 8 << 20, &keep, |batches| {
             for b in batches {
                 let texts: Vec<&str> = b.iter().map(|x| x.text.as_str()).collect();
                 let ids = pool.install(|| tok.encode_docs(&texts))?;

@@ -197,8 +197,9 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
         }
         for (path, file) in files {
             check_listing_path(&path)?;
+            // One canonical path: the confinement check and the duplicate key.
+            let canon = file.canonicalize().at(&file)?;
             if let Some(r) = &root {
-                let canon = file.canonicalize().at(&file)?;
                 if !canon.starts_with(r) {
                     return Err(Error::hint(
                         format!("{path} leads outside {} (to {})", base.display(), canon.display()),
@@ -206,7 +207,7 @@ pub fn list(entries: &[String], base: &Path, confine: bool) -> Result<Vec<Listed
                     ));
                 }
             }
-            let key = file.canonicalize().unwrap_or_else(|_| file.clone());
+            let key = canon;
             if let Some(first) = seen.get(&key) {
                 return Err(Error::hint(
                     format!("data.paths names {path} twice (also as {first})"),
