@@ -229,7 +229,18 @@ impl Plan {
             rb = MIN_TILES.min(tiles);
             groups = want.div_ceil(tiles.div_ceil(rb)).min(panels / MIN_GROUP_PANELS).max(1);
         }
-        let rb = rb.clamp(1, MC_TILES);
+        let mut rb = rb.clamp(1, MC_TILES);
+        if threads > 1 && groups == 1 {
+            // As many row blocks as a multiple of the threads, so that they end together
+            // (11 blocks on 2 threads left one thread idle for a block's time).
+            let rows = tiles.div_ceil(rb).next_multiple_of(threads).min(tiles);
+            rb = tiles.div_ceil(rows);
+        }
+        if rb > 1 {
+            // An even number of tiles, so the 12-row kernels of a path that has them cover
+            // every block without a lone 6-row tile.
+            rb = rb.next_multiple_of(2).min(MC_TILES);
+        }
         Plan { tiles, panels, rb, rows: tiles.div_ceil(rb), groups }
     }
     fn tasks(&self) -> usize {
@@ -406,6 +417,11 @@ type Micro2 = unsafe fn(usize, *const f32, usize, usize, *const f32, *const f32,
 /// from the packed `[k][6]` tile at `a0` and rows 6..12 from the one at `a1`.
 type Micro4 = unsafe fn(usize, *const f32, *const f32, *const f32, *const f32, *mut f32, usize, bool);
 
+/// A microkernel over 12 rows of A read in place and two panels: `micro4s(kc, a, ars, acs, b0,
+/// b1, c, ldc, load)` computes the 12 x 32 tile at `c` as `Micro2` would its two 6 x 32 halves
+/// (rows 0..6 at `a`, rows 6..12 at `a + 6 ars`).
+type Micro4s = Micro2;
+
 /// The microkernels of a path: one for a packed `[k][6]` A tile (ars = 1, acs = 6, which it
 /// may assume), one for A read in place with any strides; both take a packed `[k][16]` B panel.
 /// A path with `pair` kernels (AVX-512) runs them on panels two at a time, and the single ones
@@ -415,33 +431,77 @@ struct Kernels {
     strided: Micro,
     pair: Option<(Micro2, Micro2)>,
     quad: Option<Micro4>,
+    /// The 12 x 32 kernel for A read in place.
+    quad_strided: Option<Micro4s>,
     /// The k-block length.
     kc: usize,
+    /// The k-block length of a task whose A is packed and that has two tiles or more, where the
+    /// `quad` kernel does most of the work (`kc` on paths without one).
+    kc_quad: usize,
 }
 
 /// The k-block length of the pair kernels: a pair of panels is twice as wide, so its k-blocks
 /// are half as long and a pair block (KC2 x 32 floats) fits in L1 like a single panel block.
 /// A fixed constant per path, and only the schedule: the chain is carried through C.
 const KC2: usize = 128;
+/// The k-block length of the 12 x 32 kernel: it streams its A tiles (12 floats a k step) from
+/// L2 and keeps only the 32-wide pair block in L1, so that block (KCQ x 32 floats = 32 KiB) may
+/// be twice as long as the 6 x 32 kernel's, halving how often each C tile is stored and
+/// reloaded. Measured on a 2-core AVX-512 Xeon (L1d 48 KiB): 3-8% faster linear products than
+/// 128, with 384 and 512 no better within the noise.
+const KCQ: usize = 256;
 
 fn kernels_of(path: Path) -> Kernels {
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => {
-            Kernels { packed: micro_avx2_packed, strided: micro_avx2_strided, pair: None, quad: None, kc: KC }
-        }
+        Path::Avx2 => Kernels {
+            packed: micro_avx2_packed,
+            strided: micro_avx2_strided,
+            pair: None,
+            quad: None,
+            quad_strided: None,
+            kc: KC,
+            kc_quad: KC,
+        },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512 => Kernels {
             packed: micro_avx2_packed,
             strided: micro_avx2_strided,
             pair: Some((micro_avx512_packed, micro_avx512_strided)),
             quad: Some(micro_avx512_packed12),
+            quad_strided: Some(micro_avx512_strided12),
             kc: KC2,
+            kc_quad: KCQ,
         },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => Kernels { packed: micro_neon, strided: micro_neon, pair: None, quad: None, kc: KC },
-        _ => Kernels { packed: micro_scalar, strided: micro_scalar, pair: None, quad: None, kc: KC },
+        Path::Neon => Kernels {
+            packed: micro_neon,
+            strided: micro_neon,
+            pair: None,
+            quad: None,
+            quad_strided: None,
+            kc: KC,
+            kc_quad: KC,
+        },
+        _ => Kernels {
+            packed: micro_scalar,
+            strided: micro_scalar,
+            pair: None,
+            quad: None,
+            quad_strided: None,
+            kc: KC,
+            kc_quad: KC,
+        },
     }
+}
+
+/// The k-block length for a product of depth k with blocks of at most `max`: the fewest blocks,
+/// of equal length rounded up to a multiple of 4 (the kernels' unrolling), so that k = 384 runs
+/// as 192 + 192 rather than 256 + 128. A function of k and a constant only: the schedule, never
+/// the bits (the chain is carried through C).
+fn even_blocks(k: usize, max: usize) -> usize {
+    let blocks = k.div_ceil(max).max(1);
+    k.div_ceil(blocks).next_multiple_of(4).min(max)
 }
 
 /// A is packed only when a task has more than this many panels to reuse it; with fewer (the
@@ -473,14 +533,15 @@ unsafe fn block(
     let kern = kernels_of(path);
     let in_place = p1 - p0 <= INPLACE_MAX_PANELS;
     let tiles = t1 - t0;
-    let need = tiles * kern.kc.min(k) * MR;
+    let kcb = even_blocks(k, if !in_place && tiles >= 2 { kern.kc_quad } else { kern.kc });
+    let need = tiles * kcb.min(k) * MR;
     if abuf.len() < need {
         abuf.resize(need, 0.0);
     }
     let mut edge = [0f32; MR * 2 * NR];
     let mut k0 = 0;
     while k0 < k {
-        let kc = kern.kc.min(k - k0);
+        let kc = kcb.min(k - k0);
         // The accumulator starts at +0 for the first k-block, then carries the chain in C.
         let load = k0 > 0;
         if in_place {
@@ -507,6 +568,14 @@ unsafe fn block(
                 if let Some(quad) = kern.quad.filter(|_| !in_place && np == 2 && w == 2 * NR && two_tiles) {
                     let a0 = abuf[(t - t0) * kc * MR..].as_ptr();
                     quad(kc, a0, a0.add(kc * MR), b0, b1, c.0.add(i0 * n + j0), n, load);
+                    t += 2;
+                    continue;
+                }
+                if let Some(quad) =
+                    kern.quad_strided.filter(|_| in_place && np == 2 && w == 2 * NR && two_tiles)
+                {
+                    let ap = a.data[i0 * a.rs + k0 * a.cs..].as_ptr();
+                    quad(kc, ap, a.rs, a.cs, b0, b1, c.0.add(i0 * n + j0), n, load);
                     t += 2;
                     continue;
                 }
@@ -932,6 +1001,66 @@ unsafe fn micro_avx512_strided(
         b1 = b1.add(NR);
     }
     avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+/// The AVX-512 12 x 32 microkernel (`Micro4s`) for 12 rows of A read in place (any `ars`,
+/// `acs`): 24 zmm accumulators, the same fma steps in the same order as two calls of
+/// `micro_avx512_strided` (the attention products, whose A is a head's rows).
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_strided12(
+    kc: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b0: *const f32,
+    b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
+        avx512_load_tile!(c, ldc, load);
+    let c6 = c.add(MR * ldc);
+    let [[mut c60, mut c61], [mut c70, mut c71], [mut c80, mut c81], [mut c90, mut c91], [mut ca0, mut ca1], [mut cb0, mut cb1]] =
+        avx512_load_tile!(c6, ldc, load);
+    // Four moving bases (rows 0, 3, 6, 9); the other rows are a base plus ars or 2 ars, which
+    // x86 addressing folds into the loads, so the loop needs few registers for A.
+    let mut bases = [a, a.add(3 * ars), a.add(6 * ars), a.add(9 * ars)];
+    let (mut b0, mut b1) = (b0, b1);
+    for _ in 0..kc {
+        let [p0, p3, p6, p9] = bases;
+        let (x0, x1, x2, x3, x4, x5) = (p0, p0.add(ars), p0.add(2 * ars), p3, p3.add(ars), p3.add(2 * ars));
+        let (y0, y1, y2, y3, y4, y5) = (p6, p6.add(ars), p6.add(2 * ars), p9, p9.add(ars), p9.add(2 * ars));
+        avx512_step!(
+            b0,
+            b1,
+            [x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5],
+            [
+                (c00, c01),
+                (c10, c11),
+                (c20, c21),
+                (c30, c31),
+                (c40, c41),
+                (c50, c51),
+                (c60, c61),
+                (c70, c71),
+                (c80, c81),
+                (c90, c91),
+                (ca0, ca1),
+                (cb0, cb1)
+            ]
+        );
+        for p in bases.iter_mut() {
+            *p = p.add(acs);
+        }
+        b0 = b0.add(NR);
+        b1 = b1.add(NR);
+    }
+    avx512_store_tile!(c, ldc, [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]);
+    avx512_store_tile!(c6, ldc, [[c60, c61], [c70, c71], [c80, c81], [c90, c91], [ca0, ca1], [cb0, cb1]]);
 }
 
 #[cfg(target_arch = "aarch64")]
