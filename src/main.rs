@@ -447,40 +447,27 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
             };
             threads::configure(n);
             let stop = stop_flag();
+            let args = verify::VerifyArgs {
+                run_dir,
+                from,
+                to,
+                files_only,
+                scratch,
+                keep_scratch,
+                corpus,
+                allow_download,
+                parent,
+            };
             if link.size() > 1 {
-                if files_only || scratch.is_some() {
+                if args.files_only || args.scratch.is_some() {
                     return Err(Error::hint(
                         "--files-only and --scratch are for a verify in one process",
                         "run them without mpirun",
                     ));
                 }
-                let base = verify::VerifyArgs {
-                    run_dir,
-                    from,
-                    to,
-                    files_only,
-                    scratch: None,
-                    keep_scratch,
-                    corpus,
-                    allow_download,
-                    parent,
-                };
-                return verify_segments(&base, &stop, link);
+                return verify_segments(&args, &stop, link);
             }
-            let report = verify::verify(
-                &verify::VerifyArgs {
-                    run_dir,
-                    from,
-                    to,
-                    files_only,
-                    scratch,
-                    keep_scratch,
-                    corpus,
-                    allow_download,
-                    parent,
-                },
-                &stop,
-            )?;
+            let report = verify::verify(&args, &stop)?;
             print!("{}", report.table());
             if report.ok() {
                 println!("verified: every recorded hash matches");
@@ -491,9 +478,7 @@ fn run(cli: Cli, link: &dyn tinylm::dist::Link) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             } else {
-                let bad: Vec<&str> =
-                    report.rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.as_str()).collect();
-                println!("MISMATCH: {}", bad.join(", "));
+                println!("MISMATCH: {}", report.mismatched());
                 Ok(ExitCode::from(1))
             }
         }
@@ -635,11 +620,7 @@ fn verify_segments(
         let args = verify::VerifyArgs { from: (a > 0).then_some(a), to: Some(b), ..base.clone() };
         let (code, text) = match verify::verify(&args, stop) {
             Ok(rep) if rep.ok() => (0, rep.table()),
-            Ok(rep) => {
-                let bad: Vec<&str> =
-                    rep.rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.as_str()).collect();
-                (1, format!("{}MISMATCH: {}\n", rep.table(), bad.join(", ")))
-            }
+            Ok(rep) => (1, format!("{}MISMATCH: {}\n", rep.table(), rep.mismatched())),
             Err(e) => (2, format!("error: {e}\n")),
         };
         mine.push(

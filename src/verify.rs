@@ -112,6 +112,11 @@ impl Report {
         self.rows.iter().all(Row::ok)
     }
 
+    /// The artifacts whose recomputed hash differs, as the MISMATCH line names them.
+    pub fn mismatched(&self) -> String {
+        self.rows.iter().filter(|r| !r.ok()).map(|r| r.artifact.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
     pub fn table(&self) -> String {
         let short = |h: &str| match h.get(..16) {
             Some(p) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => p.to_string(),
