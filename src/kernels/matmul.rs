@@ -280,9 +280,6 @@ unsafe impl Send for SharedC {}
 // SAFETY: as above.
 unsafe impl Sync for SharedC {}
 
-/// Packs every k x 16 panel of B into `buf` as contiguous `[k][16]`, zero-padded (a strided
-/// panel read in place thrashes L1: a row stride of 4 KiB puts all of its k rows in one cache
-/// set). Copies only; the panels are split over the pool when `parallel`.
 /// Every element (i, j), i < rows, j < cols, of `x` lies inside its data: the largest index
 /// `(rows - 1) rs + (cols - 1) cs` is computed with checked arithmetic, since these are the
 /// checks that make the microkernels' raw reads sound, and a wrapped product would pass them.
@@ -293,6 +290,15 @@ fn inside(x: MatRef, rows: usize, cols: usize) -> bool {
     last.is_some_and(|l| l < x.data.len())
 }
 
+/// Rows copied at a time when a row-major B is packed a group of panels at a time: each panel
+/// then receives 4 consecutive lines (256 bytes). Measured on a 2-core AVX-512 Xeon, in one
+/// process, alternating: packing a 2048 x 1376 B took 2.3-2.8 ms this way (groups of half the
+/// row, 1 or 4 rows) against 4.1 ms panel by panel, and 2048 x 512 took 0.7 ms against 1.8.
+const ROW_GROUP_ROWS: usize = 4;
+
+/// Packs every k x 16 panel of B into `buf` as contiguous `[k][16]`, zero-padded (a strided
+/// panel read in place thrashes L1: a row stride of 4 KiB puts all of its k rows in one cache
+/// set). Copies only; the panels are split over the pool when `parallel`.
 fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f32>) -> PackedB<'a> {
     let panels = n.div_ceil(NR);
     assert!(
@@ -310,17 +316,8 @@ fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f3
             panel.fill(0.0);
         }
         if b.cs == 1 {
-            if w == NR {
-                // A fixed-length copy: inline moves, not a memcpy call per 16 floats.
-                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    let src: &[f32; NR] = b.data[kk * b.rs + j0..kk * b.rs + j0 + NR].try_into().unwrap();
-                    let dst: &mut [f32; NR] = dst.try_into().unwrap();
-                    *dst = *src;
-                }
-            } else {
-                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
-                }
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                dst[..w].copy_from_slice(&b.data[kk * b.rs + j0..kk * b.rs + j0 + w]);
             }
         } else if b.rs == 1 && w == NR && transpose_avx2() {
             // SAFETY: AVX2 is available; B is k x n with rs = 1 (checked by every caller with
@@ -338,10 +335,38 @@ fn pack_b<'a>(b: MatRef, n: usize, k: usize, parallel: bool, buf: &'a mut Vec<f3
             }
         }
     };
-    if parallel && panels > 1 && k * n >= 1 << 16 {
-        packed.par_chunks_mut(k * NR).enumerate().for_each(pack);
+    // A row-major B is copied a group of full panels at a time, a few rows at a time: each row
+    // of the group is one long contiguous read. Panel by panel, the reads stride down the rows
+    // 64 bytes at a time, a page apart or more, where the prefetcher does not follow. A group
+    // is half of the full panels per thread (two tasks a thread, for a core that is busy).
+    let full = if b.cs == 1 { n / NR } else { 0 };
+    let threads =
+        if parallel && panels > 1 && k * n >= 1 << 16 { rayon::current_num_threads().max(1) } else { 1 };
+    let group = full.div_ceil(2 * threads).max(1);
+    let pack_rows = |(gi, dst): (usize, &mut [f32])| {
+        let j0 = gi * group * NR;
+        let np = dst.len() / (k * NR);
+        let mut k0 = 0;
+        while k0 < k {
+            let k1 = (k0 + ROW_GROUP_ROWS).min(k);
+            for p in 0..np {
+                for kk in k0..k1 {
+                    let o = kk * b.rs + j0 + p * NR;
+                    let d: &mut [f32; NR] =
+                        (&mut dst[(p * k + kk) * NR..(p * k + kk + 1) * NR]).try_into().unwrap();
+                    *d = b.data[o..o + NR].try_into().unwrap();
+                }
+            }
+            k0 = k1;
+        }
+    };
+    let (head, tail) = packed.split_at_mut(full * k * NR);
+    if threads > 1 {
+        head.par_chunks_mut(group * k * NR).enumerate().for_each(pack_rows);
+        tail.par_chunks_mut(k * NR).enumerate().for_each(|(i, p)| pack((full + i, p)));
     } else {
-        packed.chunks_mut(k * NR).enumerate().for_each(pack);
+        head.chunks_mut(group * k * NR).enumerate().for_each(pack_rows);
+        tail.chunks_mut(k * NR).enumerate().for_each(|(i, p)| pack((full + i, p)));
     }
     PackedB { data: packed, ktot: k, k0: 0, k, n }
 }
