@@ -607,6 +607,13 @@ fn even_blocks(k: usize, max: usize) -> usize {
 /// attention products of 32- and 64-wide heads), the copy costs more than constant-stride
 /// reads save, and full 6-row tiles are read in place.
 const INPLACE_MAX_PANELS: usize = 4;
+/// A is also read in place, on a path with a 12-row in-place kernel, when the whole depth is at
+/// most this: its 12 rows (6 KiB) then stay in L1 for every panel pair, and the copy (one float
+/// moved for every 2n flops) is not worth it. Measured on a 2-core
+/// AVX-512 Xeon, in one process, alternating: the 2048 x 128 x 128 and 2048 x 352 x 128 products
+/// (tiny's linears) 5-10% faster on two threads, and k = 256 or more 3-12% slower, hence
+/// this bound.
+const INPLACE_MAX_K: usize = 128;
 
 /// Tiles t0..t1 (rows of C) times panels p0..p1 (columns of C), for all k. A is packed per
 /// k-block into `abuf` (or read in place when few panels use it), and each k-block of A is
@@ -630,7 +637,7 @@ unsafe fn block(
 ) {
     let (n, k) = (bp.n, bp.k);
     let kern = kernels_of(path);
-    let in_place = p1 - p0 <= INPLACE_MAX_PANELS;
+    let in_place = p1 - p0 <= INPLACE_MAX_PANELS || (kern.quad_strided.is_some() && k <= INPLACE_MAX_K);
     let tiles = t1 - t0;
     let kcb = even_blocks(k, if !in_place && tiles >= 2 { kern.kc_quad } else { kern.kc });
     let need = tiles * kcb.min(k) * MR;
