@@ -449,6 +449,10 @@ fn pack_a_block(a: MatRef, m: usize, t0: usize, t1: usize, k0: usize, kc: usize,
         let mut kb0 = 0;
         while kb0 < kc {
             let kb = KB.min(kc - kb0);
+            // The next KB rows, while these are copied: the copies wait on those loads (dY
+            // left the caches while the rest of the backward ran).
+            #[cfg(target_arch = "x86_64")]
+            prefetch_rows(a, k0 + kb0 + kb, KB.min(kc - kb0 - kb), t0 * MR, (t1 * MR).min(m));
             for t in t0..t1 {
                 let (i0, h) = (t * MR, MR.min(m - t * MR));
                 let tile = &mut buf[((t - t0) * kc + kb0) * MR..((t - t0) * kc + kb0 + kb) * MR];
@@ -472,6 +476,22 @@ fn pack_a_block(a: MatRef, m: usize, t0: usize, t1: usize, k0: usize, kc: usize,
     for t in t0..t1 {
         let tile = &mut buf[(t - t0) * kc * MR..(t - t0 + 1) * kc * MR];
         pack_a(a, t * MR, MR.min(m - t * MR), k0, kc, tile);
+    }
+}
+
+/// Asks the cache for columns i0..i1 of A's rows k..k+n (an A with rs == 1 stores them
+/// contiguously, cs apart): the next k-rows a transposed pack reads.
+#[cfg(target_arch = "x86_64")]
+fn prefetch_rows(a: MatRef, k: usize, n: usize, i0: usize, i1: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for kk in k..k + n {
+        let (lo, hi) = (kk * a.cs + i0, (kk * a.cs + i1).min(a.data.len()));
+        let mut o = lo;
+        while o < hi {
+            // SAFETY: o < a.data.len(); a prefetch reads nothing architecturally.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(a.data.as_ptr().add(o).cast()) };
+            o += 16;
+        }
     }
 }
 
