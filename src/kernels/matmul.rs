@@ -629,14 +629,13 @@ fn even_blocks(k: usize, max: usize) -> usize {
 const INPLACE_MAX_PANELS: usize = 4;
 /// A is also read in place, on a path with a 12-row in-place kernel, when the whole depth is at
 /// most this: its 12 rows (6 KiB) then stay in L1 for every panel pair, and the copy (one float
-/// moved for every 2n flops) is not worth it. Measured on a 2-core
-/// AVX-512 Xeon, in one process, alternating: the 2048 x 128 x 128 and 2048 x 352 x 128 products
-/// (tiny's linears) 5-10% faster on two threads, and k = 256 or more 3-12% slower, hence
-/// this bound.
+/// moved for every 2n flops) is not worth it. Measured on a 2-core AVX-512 Xeon, in one
+/// process, alternating, two threads: 2048 x 128 x 128 (tiny's C -> C linears) forward and dX
+/// 5-8% faster, 2048 x 352 x 128 equal, and k = 256 or more 3-12% slower, hence this bound.
 const INPLACE_MAX_K: usize = 128;
 
 /// Tiles t0..t1 (rows of C) times panels p0..p1 (columns of C), for all k. A is packed per
-/// k-block into `abuf` (or read in place when few panels use it), and each k-block of A is
+/// k-block into `abuf` (or read in place when few panels use it, or k is short), and each k-block of A is
 /// reused by every panel of the group.
 ///
 /// SAFETY: `path` must be available; A must hold every (i, kk) of an m x bp.k view; `bp` must
